@@ -1,0 +1,359 @@
+"""Typed configuration tree for READ.
+
+Every hyper-parameter lives here as a dataclass field with a default, and every experiment is a YAML
+file under ``configs/`` that overrides some of them. ``load_config("configs/x.yaml", ["sasp.num_points=60"])``
+returns a validated :class:`ReadConfig`; ``ReadConfig.to_dict()`` is what checkpoints store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+@dataclass
+class TextConfig:
+    """The LLaMA language model inside LLaVA."""
+
+    vocab_size: int = 32000  # base vocabulary, before [SEG], <im_start>, <im_end>, <image> are appended
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int = 32
+    max_position_embeddings: int = 4096
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+
+
+@dataclass
+class VisionConfig:
+    """The CLIP vision tower (ViT-L/14-336 by default)."""
+
+    image_size: int = 336
+    patch_size: int = 14
+    hidden_size: int = 1024
+    intermediate_size: int = 4096
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 16
+    feature_layer: int = -2  # hidden state of this CLIP layer feeds the projector (CLS dropped)
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+@dataclass
+class SamConfig:
+    """SAM. ``variant`` is one of segment_anything's registry names (vit_h, vit_l, vit_b) or "custom",
+    which builds the pip classes with the sizes below (tiny models for tests and the synthetic default)."""
+
+    variant: str = "vit_h"
+    image_size: int = 1024
+    patch_size: int = 16
+    encoder_embed_dim: int = 1280
+    encoder_depth: int = 32
+    encoder_num_heads: int = 16
+    encoder_global_attn_indexes: list[int] = field(default_factory=lambda: [7, 15, 23, 31])
+    encoder_window_size: int = 14
+    prompt_embed_dim: int = 256
+    decoder_depth: int = 2
+    decoder_mlp_dim: int = 2048
+    decoder_num_heads: int = 8
+
+    @property
+    def embedding_size(self) -> int:
+        return self.image_size // self.patch_size
+
+
+@dataclass
+class ModelConfig:
+    """How the READ model is assembled."""
+
+    text: TextConfig = field(default_factory=TextConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    sam: SamConfig = field(default_factory=SamConfig)
+    projector_type: Literal["mlp2x_gelu", "linear"] = "mlp2x_gelu"  # "linear" = LISA-7B-v1
+    out_dim: int = 256  # the [SEG] embedding's size in SAM's prompt space
+    # Local paths for real weights (never downloaded): a llava-hf-format LLaVA-1.5 directory and a SAM .pth.
+    llava_path: str | None = None
+    sam_checkpoint: str | None = None
+    vision_tower_path: str | None = None  # CLIP tower for released READ/LISA/SESAME checkpoints
+    # How the new token rows are initialised when training starts from a base LLaVA: "normal" = N(0, 0.02)
+    # (transformers 4.31, the reference), "mean" = mean of the existing rows.
+    new_token_init: Literal["normal", "mean"] = "normal"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    gradient_checkpointing: bool = False
+    train_sam_image_encoder: bool = False  # the reference freezes it; the synthetic default may train it
+
+
+@dataclass
+class SaspConfig:
+    """Similarity as Points. ``enabled=False`` gives the LISA baseline ([SEG] embedding only)."""
+
+    enabled: bool = True
+    num_points: int = 30
+    t_pos: float = 0.8
+    t_neg: float = 0.2
+    down_sample: int = 2
+    dtoc_radius: int = 10  # soft-argmax window half-size in pixels (weights vanish beyond ~9.4 px)
+
+
+@dataclass
+class LossConfig:
+    ce_weight: float = 1.0
+    bce_weight: float = 2.0
+    dice_weight: float = 0.5
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = True
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    # Substrings of module names that never receive LoRA (vision tower, projector, SAM, head).
+    exclude_modules: list[str] = field(
+        default_factory=lambda: ["vision_tower", "multi_modal_projector", "sam", "seg_projector"]
+    )
+    # Train the whole embed_tokens / lm_head (reference) or only the new token rows ("new_rows").
+    train_embeddings: Literal["full", "new_rows", "none"] = "full"
+
+
+@dataclass
+class DataConfig:
+    dataset_dir: str = "data"
+    datasets: list[str] = field(default_factory=lambda: ["reason_seg"])
+    sample_rates: list[float] = field(default_factory=lambda: [1.0])
+    reason_seg_data: str = "ReasonSeg|train"
+    refer_seg_data: list[str] = field(default_factory=lambda: ["refclef", "refcoco", "refcoco+", "refcocog"])
+    neg_refer_seg_data: list[str] = field(default_factory=lambda: ["R-refcocog", "R-refcoco", "R-refcoco+"])
+    correct_refer_seg_data: list[str] = field(default_factory=lambda: ["fprefcoco", "fprefcoco+", "fprefcocog"])
+    sem_seg_data: list[str] = field(
+        default_factory=lambda: ["ade20k", "cocostuff", "pascal_part", "paco_lvis", "mapillary"]
+    )
+    vqa_data: str = "llava_instruct_150k"
+    num_classes_per_sample: int = 3
+    explanatory: float = -1.0  # LISA explanatory-answer probability; < 0 disables
+    conv_type: Literal["llava_v1", "vicuna_v1", "llava_llama_2"] = "llava_v1"
+    model_max_length: int = 2048
+    val_dataset: str = "ReasonSeg"
+    val_split: str = "val"
+    num_workers: int = 2
+    strict: bool = False  # a bad sample raises instead of being skipped and counted
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/read"
+    seed: int = 42
+    epochs: int = 10
+    steps_per_epoch: int = 500
+    batch_size: int = 2  # per process, in images
+    grad_accumulation_steps: int = 10
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    deepspeed_config: str = "configs/deepspeed/zero2.json"
+    val_batch_size: int = 1
+    eval_every_epoch: bool = True
+    log_every: int = 1
+    max_nonfinite_steps: int = 10
+    tensorboard: bool = True
+    wandb: bool = False
+
+
+@dataclass
+class ReadConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sasp: SaspConfig = field(default_factory=SaspConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ReadConfig":
+        return _from_dict(cls, data, "")
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def validate(cfg: ReadConfig) -> None:
+    """Cross-field checks; raises ValueError naming the offending key."""
+    s = cfg.sasp
+    if not 0.0 <= s.t_neg < s.t_pos <= 1.0:
+        raise ValueError(f"sasp: need 0 <= t_neg < t_pos <= 1, got t_neg={s.t_neg}, t_pos={s.t_pos}")
+    if s.num_points < 1 or s.down_sample < 1 or s.dtoc_radius < 1:
+        raise ValueError("sasp.num_points, sasp.down_sample and sasp.dtoc_radius must be >= 1")
+    side = cfg.model.vision.image_size // cfg.model.vision.patch_size
+    if s.enabled and side % s.down_sample != 0:
+        raise ValueError(f"sasp.down_sample={s.down_sample} must divide the image-token grid side {side}")
+    if cfg.model.sam.image_size % cfg.model.sam.patch_size != 0:
+        raise ValueError("model.sam.image_size must be a multiple of model.sam.patch_size")
+    if len(cfg.data.sample_rates) != len(cfg.data.datasets):
+        raise ValueError(
+            f"data.sample_rates has {len(cfg.data.sample_rates)} entries for "
+            f"{len(cfg.data.datasets)} data.datasets"
+        )
+    if cfg.lora.r < 1:
+        raise ValueError("lora.r must be >= 1")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# dict / YAML conversion
+
+
+def _from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ValueError(f"config section '{prefix or '<root>'}' must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = prefix.rstrip(".") or "<root>"
+        raise ValueError(f"unknown config key(s) in '{where}': {', '.join(unknown)}")
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _from_dict(tp, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, tp, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check (and mildly coerce) a YAML value against a field type."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Literal:
+        if value not in args:
+            raise ValueError(f"{key}: {value!r} is not one of {list(args)}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ValueError as e:
+                errors.append(str(e))
+        raise ValueError("; ".join(errors))
+    if origin is list:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v != ""]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], key) for v in value] if args else list(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ValueError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ValueError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ValueError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ValueError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ValueError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override '{dotted}': '{p}' is not a section")
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["sasp.num_points=60", "train.lr=1e-4"]`` -> nested dict (values parsed as YAML scalars)."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override '{item}' is not of the form key=value (e.g. sasp.num_points=60)")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw != "" else "")
+    return tree
+
+
+def _merge(base: dict[str, Any], upd: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in upd.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ReadConfig:
+    """Read a YAML (or JSON) config file, apply ``key=value`` overrides, validate.
+
+    A YAML file may name a parent with ``base: other.yaml`` (relative to itself); keys merge recursively.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = _read_tree(Path(path))
+    if overrides:
+        data = _merge(data, parse_overrides(overrides))
+    return ReadConfig.from_dict(data)
+
+
+def _read_tree(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: top level must be a mapping")
+    parent = data.pop("base", None)
+    if parent is not None:
+        data = _merge(_read_tree(path.parent / parent), data)
+    return data

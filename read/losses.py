@@ -1,0 +1,83 @@
+"""Mask losses of LISA/READ (SPEC 3).
+
+Both helpers return ``sum over masks / (num_masks + 1e-8)``; the model divides by the total number of masks
+in the micro-batch, so the result is the mean over masks. Images without masks add nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+_DICE_SCALE = 1000.0
+_DICE_EPS = 1e-6
+
+
+def dice_loss(logits: Tensor, targets: Tensor, num_masks: float) -> Tensor:
+    """Dice loss with the reference's scale trick.
+
+    Arguments:
+        logits: (M, H, W) mask logits.
+        targets: (M, H, W) binary targets (0/1, float).
+        num_masks: normaliser (usually M).
+
+    Returns:
+        scalar: ``sum_m (1 - (2 I_m/s + eps) / (P_m/s + T_m/s + eps)) / (num_masks + 1e-8)`` with s = 1000 and
+        eps = 1e-6, i.e. ``1 - (2I + 1e-3) / (P + T + 1e-3)`` per mask.
+    """
+    probs = logits.float().sigmoid().flatten(1) / _DICE_SCALE  # (M, HW)
+    t = targets.float().flatten(1) / _DICE_SCALE
+    numerator = 2 * (probs * targets.float().flatten(1)).sum(-1)
+    denominator = probs.sum(-1) + t.sum(-1)
+    loss = 1 - (numerator + _DICE_EPS) / (denominator + _DICE_EPS)  # (M,)
+    return loss.sum() / (num_masks + 1e-8)
+
+
+def sigmoid_ce_loss(logits: Tensor, targets: Tensor, num_masks: float) -> Tensor:
+    """Per-mask mean binary cross-entropy with logits, summed over masks and normalised.
+
+    Arguments:
+        logits: (M, H, W) mask logits.
+        targets: (M, H, W) binary targets.
+        num_masks: normaliser (usually M).
+
+    Returns:
+        scalar: ``sum_m mean_pixels BCE(logits_m, targets_m) / (num_masks + 1e-8)``.
+    """
+    loss = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none")
+    return loss.flatten(1).mean(1).sum() / (num_masks + 1e-8)
+
+
+def mask_losses(pred_masks: list[Tensor], gt_masks: list[Tensor]) -> tuple[Tensor, Tensor, int]:
+    """BCE and Dice over all masks of a micro-batch, each the mean over masks.
+
+    Arguments:
+        pred_masks: per image (or per row), (k, H, W) logits.
+        gt_masks: matching (k, H, W) targets; values other than 1 (0 and 255 = ignore) count as background,
+            as in the reference's training.
+
+    Returns:
+        (bce, dice, num_masks); both losses are 0 (with a graph to the logits) when there are no masks.
+    """
+    bce_sum: Tensor | None = None
+    dice_sum: Tensor | None = None
+    total = 0
+    for pred, gt in zip(pred_masks, gt_masks, strict=True):
+        if pred.shape != gt.shape:
+            raise ValueError(f"predicted masks {tuple(pred.shape)} and ground truth {tuple(gt.shape)} differ")
+        k = pred.shape[0]
+        if k == 0:
+            continue
+        target = (gt == 1).float()
+        bce = sigmoid_ce_loss(pred, target, k) * k
+        dice = dice_loss(pred, target, k) * k
+        bce_sum = bce if bce_sum is None else bce_sum + bce
+        dice_sum = dice if dice_sum is None else dice_sum + dice
+        total += k
+    if bce_sum is None or dice_sum is None:
+        if not pred_masks:
+            raise ValueError("mask_losses needs at least one (possibly empty) prediction tensor")
+        zero = sum(p.sum() * 0.0 for p in pred_masks)
+        return zero, zero, 0
+    return bce_sum / (total + 1e-8), dice_sum / (total + 1e-8), total

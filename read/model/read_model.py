@@ -1,0 +1,367 @@
+"""The READ model: LLaVA + SAM + a ``[SEG]`` projection head + SasP point prompts.
+
+``ReadModel`` composes finished modules (transformers' ``LlavaForConditionalGeneration``, pip ``Sam``, the
+head and an optional ``SasP`` prompter); :mod:`read.model.builder` assembles them from a config.
+
+Which hidden state is the mask prompt [PARITY, SPEC 1.3]: the last-layer (post-norm) hidden state at the
+position that *predicts* ``[SEG]``, i.e. position q with ``input_ids[q + 1] == seg_token_id``. Image-token
+states are found by id (``input_ids == image_token_id``), never by offset arithmetic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import Sam
+from torch import Tensor, nn
+from transformers import LlavaForConditionalGeneration
+
+from read.batch import ReadBatch
+from read.config import ReadConfig
+from read.constants import IGNORE_INDEX
+from read.losses import mask_losses
+from read.model.sam import decode_masks, to_sam_frame
+
+
+@dataclass
+class ReadOutput:
+    """What a forward pass returns. Per-row lists have one entry per query row (R entries).
+
+    Attributes:
+        loss: weighted total (None without labels / masks).
+        ce_loss, bce_loss, dice_loss: the unweighted parts (None where not computed).
+        logits: (R, L, V) LM logits.
+        pred_masks: R tensors (k_r, H, W) float32 mask logits at the original image size, one per ``[SEG]``.
+        point_coords: R tensors (k_r, P, 2) SasP points (x, y) in original-image pixels (P = 0 without SasP).
+        point_labels: R tensors (k_r, P) point labels in {1, 0, -1}.
+        similarity: R tensors (k_r, N) raw similarity maps over the N image tokens (empty without SasP).
+        num_masks: number of ground-truth masks that entered the mask losses.
+    """
+
+    loss: Tensor | None
+    ce_loss: Tensor | None
+    bce_loss: Tensor | None
+    dice_loss: Tensor | None
+    logits: Tensor
+    pred_masks: list[Tensor]
+    point_coords: list[Tensor] = field(default_factory=list)
+    point_labels: list[Tensor] = field(default_factory=list)
+    similarity: list[Tensor] = field(default_factory=list)
+    num_masks: int = 0
+
+
+def seg_prompt_mask(input_ids: Tensor, seg_token_id: int) -> Tensor:
+    """Positions whose hidden state is a mask prompt: the token *before* each ``[SEG]``.
+
+    Arguments:
+        input_ids: (R, L) token ids.
+
+    Returns:
+        (R, L) bool, True at q where ``input_ids[:, q + 1] == seg_token_id``.
+    """
+    mask = torch.zeros_like(input_ids, dtype=torch.bool)
+    mask[:, :-1] = input_ids[:, 1:] == seg_token_id
+    return mask
+
+
+def image_token_states(hidden: Tensor, input_ids: Tensor, image_token_id: int, num_tokens: int) -> Tensor:
+    """Gather the hidden states at the image-placeholder positions.
+
+    Arguments:
+        hidden: (R, L, C) hidden states.
+        input_ids: (R, L) token ids.
+
+    Returns:
+        (R, N, C) states in patch (raster) order.
+    """
+    is_image = input_ids == image_token_id
+    counts = is_image.sum(1)
+    if not bool((counts == num_tokens).all()):
+        raise ValueError(
+            f"every row must contain exactly {num_tokens} image tokens (id {image_token_id}); "
+            f"found {counts.tolist()}"
+        )
+    return hidden[is_image].view(input_ids.shape[0], num_tokens, hidden.shape[-1])
+
+
+class ReadModel(nn.Module):
+    """LLaVA + SAM with ``[SEG]`` prompts; SasP point prompts when ``point_prompter`` is given (READ),
+    the ``[SEG]`` embedding alone when it is None (the LISA baseline)."""
+
+    def __init__(
+        self,
+        llava: LlavaForConditionalGeneration,
+        sam: Sam,
+        seg_projector: nn.Module,
+        point_prompter: nn.Module | None,
+        config: ReadConfig,
+        *,
+        seg_token_id: int,
+        image_token_id: int,
+    ) -> None:
+        super().__init__()
+        self.llava = llava
+        self.sam = sam
+        self.seg_projector = seg_projector
+        self.point_prompter = point_prompter
+        self.config = config
+        self.seg_token_id = seg_token_id
+        self.image_token_id = image_token_id
+        self.num_image_tokens = config.model.vision.num_patches
+
+    # ------------------------------------------------------------------------------------------------------
+    # encoders
+
+    def encode_images(self, pixel_values: Tensor) -> Tensor:
+        """CLIP features projected into the LM space.
+
+        Arguments:
+            pixel_values: (B, 3, S, S).
+
+        Returns:
+            (B, N, C_lm).
+        """
+        frozen = not any(
+            p.requires_grad
+            for m in (self.llava.model.vision_tower, self.llava.model.multi_modal_projector)
+            for p in m.parameters()
+        )
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            out = self.llava.model.get_image_features(
+                pixel_values=pixel_values.to(self.llava.dtype),
+                vision_feature_layer=self.llava.config.vision_feature_layer,
+                vision_feature_select_strategy=self.llava.config.vision_feature_select_strategy,
+            )
+        return torch.stack(list(out.pooler_output))
+
+    def encode_sam_images(self, sam_images: Tensor) -> Tensor:
+        """SAM image embeddings, batched; without autograd when the encoder is frozen.
+
+        Arguments:
+            sam_images: (B, 3, S_sam, S_sam).
+
+        Returns:
+            (B, C_prompt, S_sam/16, S_sam/16).
+        """
+        encoder = self.sam.image_encoder
+        frozen = not any(p.requires_grad for p in encoder.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            return encoder(sam_images.to(next(encoder.parameters()).dtype))
+
+    def language_forward(self, input_ids: Tensor, attention_mask: Tensor, image_features: Tensor) -> Tensor:
+        """Run the LM with the image features scattered into the placeholder positions.
+
+        Arguments:
+            input_ids, attention_mask: (R, L).
+            image_features: (R, N, C) projected features of each row's image.
+
+        Returns:
+            (R, L, C) last-layer, post-norm hidden states.
+        """
+        embed = self.llava.get_input_embeddings()
+        inputs_embeds = embed(input_ids)
+        is_image = (input_ids == self.image_token_id).unsqueeze(-1)
+        n_tokens, n_features = int(is_image.sum()), image_features.shape[0] * image_features.shape[1]
+        if n_tokens != n_features:
+            raise ValueError(f"image tokens and image features do not match: {n_tokens} tokens, {n_features} features")
+        inputs_embeds = inputs_embeds.masked_scatter(is_image, image_features.to(inputs_embeds.dtype))
+        # positions count real tokens only, so left-padded rows get the positions generate() gives them
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        out = self.llava.model.language_model(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        )
+        return out.last_hidden_state
+
+    # ------------------------------------------------------------------------------------------------------
+    # masks
+
+    def predict_masks(
+        self,
+        hidden: Tensor,
+        input_ids: Tensor,
+        image_index: Tensor,
+        sam_embeddings: Tensor,
+        original_sizes: list[tuple[int, int]],
+        resized_sizes: list[tuple[int, int]],
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
+        """One mask per ``[SEG]`` in each row.
+
+        Arguments:
+            hidden: (R, L, C) last-layer hidden states.
+            input_ids: (R, L).
+            image_index: (R,) image of each row.
+            sam_embeddings: (B, C_p, h, w).
+            original_sizes, resized_sizes: B pairs (H, W) / (h, w).
+
+        Returns:
+            per-row lists of masks (k_r, H, W), point coords (k_r, P, 2), point labels (k_r, P), similarity
+            maps (k_r, N).
+        """
+        rows = input_ids.shape[0]
+        prompt_pos = seg_prompt_mask(input_ids, self.seg_token_id)  # (R, L)
+        seg_rows = prompt_pos.nonzero()[:, 0]  # (K,) row of each [SEG], row-major order
+        seg_hidden = hidden[prompt_pos]  # (K, C)
+        seg_embeddings = self.seg_projector(seg_hidden)  # (K, out_dim)
+        seg_images = image_index[seg_rows]  # (K,)
+        k_total = seg_rows.shape[0]
+        n = self.num_image_tokens
+
+        coords_sam: Tensor | None = None
+        labels: Tensor | None = None
+        coords = hidden.new_zeros(k_total, 0, 2, dtype=torch.float32)
+        labels_out = torch.zeros(k_total, 0, dtype=torch.long, device=hidden.device)
+        sims = hidden.new_zeros(k_total, 0, dtype=torch.float32)
+        if self.point_prompter is not None and k_total > 0:
+            image_hidden = image_token_states(hidden, input_ids, self.image_token_id, n)[seg_rows]  # (K, N, C)
+            sizes = [tuple(original_sizes[int(i)]) for i in seg_images.tolist()]
+            prompts = self.point_prompter(image_hidden, seg_hidden, sizes)
+            coords, labels_out, sims = prompts.coords, prompts.labels, prompts.sim
+            coords_sam = torch.stack(
+                [
+                    to_sam_frame(coords[j], sizes[j], tuple(resized_sizes[int(seg_images[j])]))
+                    for j in range(k_total)
+                ]
+            )
+            labels = labels_out
+
+        masks_per_seg: list[Tensor | None] = [None] * k_total
+        for b in seg_images.unique().tolist():
+            idx = (seg_images == b).nonzero()[:, 0]
+            masks = decode_masks(
+                self.sam,
+                sam_embeddings[b : b + 1],
+                seg_embeddings[idx],
+                None if coords_sam is None else coords_sam[idx],
+                None if labels is None else labels[idx],
+                tuple(resized_sizes[b]),
+                tuple(original_sizes[b]),
+            )
+            for j, m in zip(idx.tolist(), masks):
+                masks_per_seg[j] = m
+
+        out_masks, out_coords, out_labels, out_sims = [], [], [], []
+        for r in range(rows):
+            idx = (seg_rows == r).nonzero()[:, 0].tolist()
+            h, w = original_sizes[int(image_index[r])]
+            if idx:
+                out_masks.append(torch.stack([masks_per_seg[j] for j in idx]))
+            else:
+                out_masks.append(hidden.new_zeros(0, h, w, dtype=torch.float32))
+            out_coords.append(coords[idx])
+            out_labels.append(labels_out[idx])
+            out_sims.append(sims[idx])
+        return out_masks, out_coords, out_labels, out_sims
+
+    # ------------------------------------------------------------------------------------------------------
+    # forward
+
+    def forward(self, batch: ReadBatch) -> ReadOutput:
+        """Teacher-forced forward pass: LM logits and one mask per ``[SEG]`` in the inputs, plus the losses
+        when ``batch.labels`` / ``batch.gt_masks`` are given."""
+        batch.validate()
+        image_features = self.encode_images(batch.pixel_values)  # (B, N, C)
+        hidden = self.language_forward(batch.input_ids, batch.attention_mask, image_features[batch.image_index])
+        logits = self.llava.lm_head(hidden)  # (R, L, V)
+        sam_embeddings = self.encode_sam_images(batch.sam_images)
+        masks, coords, labels, sims = self.predict_masks(
+            hidden, batch.input_ids, batch.image_index, sam_embeddings, batch.original_sizes, batch.resized_sizes
+        )
+
+        weights = self.config.loss
+        ce = bce = dice = None
+        num_masks = 0
+        total: Tensor | None = None
+        if batch.labels is not None:
+            ce = causal_lm_loss(logits, batch.labels)
+            total = weights.ce_weight * ce
+        if batch.gt_masks is not None:
+            for r, (p, g) in enumerate(zip(masks, batch.gt_masks)):
+                if p.shape[0] != g.shape[0]:
+                    raise ValueError(
+                        f"row {r}: {p.shape[0]} [SEG] token(s) in the input but {g.shape[0]} ground-truth mask(s)"
+                    )
+            bce, dice, num_masks = mask_losses(masks, batch.gt_masks)
+            mask_total = weights.bce_weight * bce + weights.dice_weight * dice
+            total = mask_total if total is None else total + mask_total
+        return ReadOutput(
+            loss=total,
+            ce_loss=ce,
+            bce_loss=bce,
+            dice_loss=dice,
+            logits=logits,
+            pred_masks=masks,
+            point_coords=coords,
+            point_labels=labels,
+            similarity=sims,
+            num_masks=num_masks,
+        )
+
+    # ------------------------------------------------------------------------------------------------------
+    # generation
+
+    @torch.no_grad()
+    def generate(
+        self,
+        batch: ReadBatch,
+        max_new_tokens: int = 512,
+        eos_token_id: int | None = None,
+        pad_token_id: int = 0,
+    ) -> tuple[Tensor, ReadOutput]:
+        """Greedy decoding with a KV cache, then one teacher-forced pass over prompt + answer for the masks.
+
+        [FIX] The reference decodes without a cache (O(L^2)) so that ``generate`` returns the full hidden
+        states; here the masks come from a second forward over the finished sequences, which gives the same
+        states up to numerical noise.
+
+        Arguments:
+            batch: prompts ending in "ASSISTANT:", left-padded; labels/gt_masks are ignored.
+
+        Returns:
+            (new_tokens (R, T) with ``pad_token_id`` after each row's end, output of the mask pass).
+        """
+        eos = self.llava.generation_config.eos_token_id if eos_token_id is None else eos_token_id
+        prompt_len = batch.input_ids.shape[1]
+        pixel_values = batch.pixel_values[batch.image_index].to(self.llava.dtype)
+        generated = self.llava.generate(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            pixel_values=pixel_values,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=eos,
+            pad_token_id=pad_token_id,
+        )
+        new_tokens = generated[:, prompt_len:]
+        # tokens after the first EOS are padding
+        is_eos = new_tokens == eos
+        after_eos = (is_eos.cumsum(1) - is_eos.long()) > 0
+        new_tokens = new_tokens.masked_fill(after_eos, pad_token_id)
+        full_ids = torch.cat([batch.input_ids, new_tokens], 1)
+        full_mask = torch.cat([batch.attention_mask, (~after_eos).long()], 1)
+        mask_batch = ReadBatch(
+            pixel_values=batch.pixel_values,
+            sam_images=batch.sam_images,
+            input_ids=full_ids,
+            attention_mask=full_mask,
+            image_index=batch.image_index,
+            original_sizes=batch.original_sizes,
+            resized_sizes=batch.resized_sizes,
+            meta=batch.meta,
+        )
+        return new_tokens, self.forward(mask_batch)
+
+
+def causal_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Token-averaged next-token cross-entropy over the positions whose label is not IGNORE_INDEX.
+
+    Arguments:
+        logits: (R, L, V); labels: (R, L).
+    """
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:]
+    if not bool((shift_labels != IGNORE_INDEX).any()):
+        return shift_logits.sum() * 0.0
+    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX)

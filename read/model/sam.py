@@ -1,0 +1,155 @@
+"""Thin adapter around pip ``segment_anything``: building SAM from a config, loading its weights safely, and
+decoding one mask per ``[SEG]`` prompt. The pip classes are used unmodified.
+
+Differences from the reference's vendored SAM, all done here from the outside:
+
+* the ``[SEG]`` embedding is appended *after* the point tokens in the sparse prompts (the reference adds a
+  ``text_embeds`` argument to ``PromptEncoder.forward``; same token order);
+* the prompt encoder always runs in fp32 (its positional encoding breaks under bf16); its outputs are cast to
+  the mask decoder's dtype;
+* masks are post-processed in fp32 and returned as fp32 logits at the original image size.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import torch
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from torch import Tensor
+
+from read.config import SamConfig
+from read.model.weights import load_state_dict_file
+
+_REGISTRY_SIZES = {
+    "vit_h": dict(encoder_embed_dim=1280, encoder_depth=32, encoder_num_heads=16, encoder_global_attn_indexes=[7, 15, 23, 31]),
+    "vit_l": dict(encoder_embed_dim=1024, encoder_depth=24, encoder_num_heads=16, encoder_global_attn_indexes=[5, 11, 17, 23]),
+    "vit_b": dict(encoder_embed_dim=768, encoder_depth=12, encoder_num_heads=12, encoder_global_attn_indexes=[2, 5, 8, 11]),
+}
+
+
+def sam_config_for(variant: str) -> SamConfig:
+    """The SamConfig of one of segment_anything's registry models (vit_h, vit_l, vit_b)."""
+    if variant not in _REGISTRY_SIZES:
+        raise ValueError(f"unknown SAM variant {variant!r}; expected one of {sorted(_REGISTRY_SIZES)} or 'custom'")
+    return SamConfig(variant=variant, **_REGISTRY_SIZES[variant])
+
+
+def build_sam(cfg: SamConfig) -> Sam:
+    """Build a randomly initialised pip ``Sam`` with the sizes of ``cfg``.
+
+    For the registry variants (vit_h/vit_l/vit_b) the registry sizes are enforced, so a checkpoint file of that
+    variant loads strictly.
+    """
+    if cfg.variant in _REGISTRY_SIZES:
+        sizes = _REGISTRY_SIZES[cfg.variant]
+        for key, value in sizes.items():
+            if getattr(cfg, key) != value:
+                raise ValueError(f"model.sam.{key}={getattr(cfg, key)} does not match SAM {cfg.variant} ({value})")
+    elif cfg.variant != "custom":
+        raise ValueError(f"unknown SAM variant {cfg.variant!r}; expected vit_h, vit_l, vit_b or custom")
+    embed_size = cfg.image_size // cfg.patch_size
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            depth=cfg.encoder_depth,
+            embed_dim=cfg.encoder_embed_dim,
+            img_size=cfg.image_size,
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=cfg.encoder_num_heads,
+            patch_size=cfg.patch_size,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=tuple(cfg.encoder_global_attn_indexes),
+            window_size=cfg.encoder_window_size,
+            out_chans=cfg.prompt_embed_dim,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=cfg.prompt_embed_dim,
+            image_embedding_size=(embed_size, embed_size),
+            input_image_size=(cfg.image_size, cfg.image_size),
+            mask_in_chans=16,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(
+                depth=cfg.decoder_depth,
+                embedding_dim=cfg.prompt_embed_dim,
+                mlp_dim=cfg.decoder_mlp_dim,
+                num_heads=cfg.decoder_num_heads,
+            ),
+            transformer_dim=cfg.prompt_embed_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=256,
+        ),
+    )
+
+
+def load_sam_checkpoint(sam: Sam, path: str | Path) -> None:
+    """Load an original SAM checkpoint (e.g. ``sam_vit_h_4b8939.pth``) strictly, without executing code."""
+    state = load_state_dict_file(path)
+    missing, unexpected = sam.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"SAM checkpoint {path} does not match the configured model: "
+            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
+
+
+def to_sam_frame(coords: Tensor, original_size: tuple[int, int], resized_size: tuple[int, int]) -> Tensor:
+    """Map (x, y) points from original-image pixels to SAM's resized frame (ResizeLongestSide.apply_coords).
+
+    Arguments:
+        coords: (..., 2) float (x, y) in original pixels.
+        original_size: (H, W); resized_size: (h, w) after the longest-side resize.
+    """
+    (h0, w0), (h1, w1) = original_size, resized_size
+    scale = coords.new_tensor([w1 / w0, h1 / h0])
+    return coords * scale
+
+
+def decode_masks(
+    sam: Sam,
+    image_embeddings: Tensor,
+    seg_embeddings: Tensor,
+    point_coords: Tensor | None,
+    point_labels: Tensor | None,
+    resized_size: tuple[int, int],
+    original_size: tuple[int, int],
+) -> Tensor:
+    """Decode K masks for one image.
+
+    Arguments:
+        sam: the SAM model.
+        image_embeddings: (1, C, h, w) SAM image embedding of this image.
+        seg_embeddings: (K, C) projected ``[SEG]`` embeddings.
+        point_coords: (K, P, 2) (x, y) points in SAM's input frame, or None (LISA: no points).
+        point_labels: (K, P) labels in {1, 0, -1}, or None.
+        resized_size: (h, w) of the image inside SAM's padded input.
+        original_size: (H, W) of the original image.
+
+    Returns:
+        (K, H, W) float32 mask logits at the original resolution.
+    """
+    k = seg_embeddings.shape[0]
+    decoder_dtype = next(sam.mask_decoder.parameters()).dtype
+    with torch.autocast(device_type=image_embeddings.device.type, enabled=False):
+        points = None
+        if point_coords is not None:
+            points = (point_coords.float(), point_labels.float())
+        sparse, dense = sam.prompt_encoder(points=points, boxes=None, masks=None)  # (K|1, P+1|0, C), (K|1, C, h, w)
+        dense_pe = sam.prompt_encoder.get_dense_pe()  # (1, C, h, w)
+    if sparse.shape[0] != k:
+        sparse = sparse.expand(k, -1, -1)
+        dense = dense.expand(k, -1, -1, -1)
+    sparse = torch.cat([sparse.to(decoder_dtype), seg_embeddings[:, None].to(decoder_dtype)], dim=1)
+    low_res, _ = sam.mask_decoder(
+        image_embeddings=image_embeddings.to(decoder_dtype),
+        image_pe=dense_pe.to(decoder_dtype),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense.to(decoder_dtype),
+        multimask_output=False,
+    )  # (K, 1, 4h, 4w)
+    masks = sam.postprocess_masks(low_res.float(), input_size=tuple(resized_size), original_size=tuple(original_size))
+    return masks[:, 0]
