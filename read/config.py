@@ -82,6 +82,13 @@ class ModelConfig:
     sam: SamConfig = field(default_factory=SamConfig)
     projector_type: Literal["mlp2x_gelu", "linear"] = "mlp2x_gelu"  # "linear" = LISA-7B-v1
     out_dim: int = 256  # the [SEG] embedding's size in SAM's prompt space
+    # Where the weights come from: "random" (tiny/test models), "llava" (llava_path + sam_checkpoint, fresh head:
+    # training from scratch), "read" (a directory written by save_pretrained / the exporter: init_path), or
+    # "released" (a READ/SESAME/LISA checkpoint directory in its original layout: init_path + vision_tower_path).
+    init: Literal["random", "llava", "read", "released"] = "random"
+    init_path: str | None = None
+    # Directory with tokenizer.model (+ added_tokens.json); defaults to llava_path / init_path.
+    tokenizer_path: str | None = None
     # Local paths for real weights (never downloaded): a llava-hf-format LLaVA-1.5 directory and a SAM .pth.
     llava_path: str | None = None
     sam_checkpoint: str | None = None
