@@ -224,3 +224,48 @@ def test_trainable_names_helper_matches_requires_grad():
         p.requires_grad_(False)
     model.seg_projector[0].weight.requires_grad_(True)
     assert trainable_parameter_names(model) == ["seg_projector.0.weight"]
+
+
+def _greedy_without_cache(model, batch, steps, eos=2):
+    """Slow literal greedy decoding: a full forward over the whole sequence for every new token."""
+    ids, att = batch.input_ids, batch.attention_mask
+    feats = model.encode_images(batch.pixel_values)[batch.image_index]
+    done = torch.zeros(ids.shape[0], dtype=torch.bool)
+    out = []
+    for _ in range(steps):
+        hidden = model.language_forward(ids, att, feats)
+        nxt = model.llava.lm_head(hidden[:, -1]).argmax(-1)
+        nxt = torch.where(done, torch.zeros_like(nxt), nxt)
+        out.append(nxt)
+        att = torch.cat([att, (~done).long()[:, None]], 1)
+        done = done | (nxt == eos)
+        ids = torch.cat([ids, nxt[:, None]], 1)
+    return torch.stack(out, 1)
+
+
+@SASP
+def test_generate_matches_uncached_greedy_and_returns_one_mask_per_generated_seg(sasp):
+    cfg = tiny_config(f"sasp.enabled={sasp}")
+    model = tiny_model(f"sasp.enabled={sasp}", seed=2).eval()
+    # every step emits [SEG] or EOS (sign of v.h), so the answer is a run of [SEG] tokens then EOS
+    head = model.llava.lm_head.weight.data
+    v = torch.randn(head.shape[1], generator=torch.Generator().manual_seed(0))
+    head.zero_()
+    head[SEG], head[2] = v, -v
+    batch = make_batch([[], [30, 31]], [0, 1], [(40, 50), (25, 30)], cfg, with_targets=False)
+    # left-pad: move padding of the shorter row to the front
+    ids, att = batch.input_ids.clone(), batch.attention_mask.clone()
+    for r in range(ids.shape[0]):
+        n = int(att[r].sum())
+        ids[r] = torch.cat([ids[r, n:], ids[r, :n]])
+        att[r] = torch.cat([att[r, n:], att[r, :n]])
+    # drop the trailing EOS so the prompts end open
+    batch.input_ids, batch.attention_mask = ids[:, :-1], att[:, :-1]
+    with torch.no_grad():
+        new_tokens, out = model.generate(batch, max_new_tokens=6)
+        slow = _greedy_without_cache(model, batch, steps=new_tokens.shape[1])
+    assert torch.equal(new_tokens, slow)
+    seg_counts = [(new_tokens[r] == SEG).sum().item() for r in range(2)]
+    assert sum(seg_counts) > 0
+    assert [m.shape[0] for m in out.pred_masks] == seg_counts
+    assert out.pred_masks[1].shape[1:] == (25, 30)

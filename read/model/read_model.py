@@ -150,6 +150,23 @@ class ReadModel(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
             return encoder(sam_images.to(next(encoder.parameters()).dtype))
 
+    def embed_inputs(self, input_ids: Tensor, image_features: Tensor) -> Tensor:
+        """Token embeddings with each row's image features scattered into its placeholder positions.
+
+        Arguments:
+            input_ids: (R, L).
+            image_features: (R, N, C) projected features of each row's image.
+
+        Returns:
+            (R, L, C) input embeddings.
+        """
+        inputs_embeds = self.llava.get_input_embeddings()(input_ids)
+        is_image = (input_ids == self.image_token_id).unsqueeze(-1)
+        n_tokens, n_features = int(is_image.sum()), image_features.shape[0] * image_features.shape[1]
+        if n_tokens != n_features:
+            raise ValueError(f"image tokens and image features do not match: {n_tokens} tokens, {n_features} features")
+        return inputs_embeds.masked_scatter(is_image, image_features.to(inputs_embeds.dtype))
+
     def language_forward(self, input_ids: Tensor, attention_mask: Tensor, image_features: Tensor) -> Tensor:
         """Run the LM with the image features scattered into the placeholder positions.
 
@@ -160,13 +177,7 @@ class ReadModel(nn.Module):
         Returns:
             (R, L, C) last-layer, post-norm hidden states.
         """
-        embed = self.llava.get_input_embeddings()
-        inputs_embeds = embed(input_ids)
-        is_image = (input_ids == self.image_token_id).unsqueeze(-1)
-        n_tokens, n_features = int(is_image.sum()), image_features.shape[0] * image_features.shape[1]
-        if n_tokens != n_features:
-            raise ValueError(f"image tokens and image features do not match: {n_tokens} tokens, {n_features} features")
-        inputs_embeds = inputs_embeds.masked_scatter(is_image, image_features.to(inputs_embeds.dtype))
+        inputs_embeds = self.embed_inputs(input_ids, image_features)
         # positions count real tokens only, so left-padded rows get the positions generate() gives them
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         out = self.llava.model.language_model(
@@ -257,14 +268,27 @@ class ReadModel(nn.Module):
     # ------------------------------------------------------------------------------------------------------
     # forward
 
-    def forward(self, batch: ReadBatch) -> ReadOutput:
+    def forward(
+        self,
+        batch: ReadBatch,
+        image_features: Tensor | None = None,
+        sam_embeddings: Tensor | None = None,
+    ) -> ReadOutput:
         """Teacher-forced forward pass: LM logits and one mask per ``[SEG]`` in the inputs, plus the losses
-        when ``batch.labels`` / ``batch.gt_masks`` are given."""
+        when ``batch.labels`` / ``batch.gt_masks`` are given.
+
+        Arguments:
+            batch: the inputs.
+            image_features: optional cached (B, N, C) output of :meth:`encode_images`.
+            sam_embeddings: optional cached (B, C_p, h, w) output of :meth:`encode_sam_images`.
+        """
         batch.validate()
-        image_features = self.encode_images(batch.pixel_values)  # (B, N, C)
+        if image_features is None:
+            image_features = self.encode_images(batch.pixel_values)  # (B, N, C)
+        if sam_embeddings is None:
+            sam_embeddings = self.encode_sam_images(batch.sam_images)
         hidden = self.language_forward(batch.input_ids, batch.attention_mask, image_features[batch.image_index])
         logits = self.llava.lm_head(hidden)  # (R, L, V)
-        sam_embeddings = self.encode_sam_images(batch.sam_images)
         masks, coords, labels, sims = self.predict_masks(
             hidden, batch.input_ids, batch.image_index, sam_embeddings, batch.original_sizes, batch.resized_sizes
         )
@@ -306,8 +330,10 @@ class ReadModel(nn.Module):
         self,
         batch: ReadBatch,
         max_new_tokens: int = 512,
-        eos_token_id: int | None = None,
+        eos_token_id: int = 2,
         pad_token_id: int = 0,
+        image_features: Tensor | None = None,
+        sam_embeddings: Tensor | None = None,
     ) -> tuple[Tensor, ReadOutput]:
         """Greedy decoding with a KV cache, then one teacher-forced pass over prompt + answer for the masks.
 
@@ -317,27 +343,28 @@ class ReadModel(nn.Module):
 
         Arguments:
             batch: prompts ending in "ASSISTANT:", left-padded; labels/gt_masks are ignored.
+            image_features, sam_embeddings: optional cached encoder outputs (see :meth:`forward`).
 
         Returns:
             (new_tokens (R, T) with ``pad_token_id`` after each row's end, output of the mask pass).
         """
-        eos = self.llava.generation_config.eos_token_id if eos_token_id is None else eos_token_id
-        prompt_len = batch.input_ids.shape[1]
-        pixel_values = batch.pixel_values[batch.image_index].to(self.llava.dtype)
-        generated = self.llava.generate(
-            input_ids=batch.input_ids,
+        batch.validate()
+        if image_features is None:
+            image_features = self.encode_images(batch.pixel_values)
+        if sam_embeddings is None:
+            sam_embeddings = self.encode_sam_images(batch.sam_images)
+        inputs_embeds = self.embed_inputs(batch.input_ids, image_features[batch.image_index])
+        new_tokens = self.llava.generate(
+            inputs_embeds=inputs_embeds,
             attention_mask=batch.attention_mask,
-            pixel_values=pixel_values,
             max_new_tokens=max_new_tokens,
             do_sample=False,
             num_beams=1,
-            eos_token_id=eos,
+            eos_token_id=eos_token_id,
             pad_token_id=pad_token_id,
-        )
-        new_tokens = generated[:, prompt_len:]
-        # tokens after the first EOS are padding
-        is_eos = new_tokens == eos
-        after_eos = (is_eos.cumsum(1) - is_eos.long()) > 0
+        )  # (R, T): with inputs_embeds only, generate returns the new tokens
+        is_eos = new_tokens == eos_token_id
+        after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0  # strictly after the first EOS
         new_tokens = new_tokens.masked_fill(after_eos, pad_token_id)
         full_ids = torch.cat([batch.input_ids, new_tokens], 1)
         full_mask = torch.cat([batch.attention_mask, (~after_eos).long()], 1)
@@ -351,7 +378,7 @@ class ReadModel(nn.Module):
             resized_sizes=batch.resized_sizes,
             meta=batch.meta,
         )
-        return new_tokens, self.forward(mask_batch)
+        return new_tokens, self.forward(mask_batch, image_features=image_features, sam_embeddings=sam_embeddings)
 
 
 def causal_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
