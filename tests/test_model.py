@@ -155,8 +155,8 @@ def test_sasp_gradient_flows_into_the_hidden_states():
 
 @SASP
 def test_save_and_load_round_trip(tmp_path, sasp):
-    cfg = tiny_config(f"sasp.enabled={sasp}", "sasp.num_points=5")
-    model = tiny_model(f"sasp.enabled={sasp}", "sasp.num_points=5")
+    cfg = tiny_config(f"sasp.enabled={sasp}", "sasp.num_points=3")
+    model = tiny_model(f"sasp.enabled={sasp}", "sasp.num_points=3")
     prepare_for_training(model, cfg)
     for n, p in model.named_parameters():
         if ".lora_B." in n:
@@ -269,3 +269,17 @@ def test_generate_matches_uncached_greedy_and_returns_one_mask_per_generated_seg
     assert sum(seg_counts) > 0
     assert [m.shape[0] for m in out.pred_masks] == seg_counts
     assert out.pred_masks[1].shape[1:] == (25, 30)
+
+
+def test_bf16_cast_keeps_rope_frequencies_and_prompt_encoder_in_fp32():
+    from read.model.builder import cast_model
+
+    model = tiny_model()
+    ref = {n: b.clone() for n, b in model.named_buffers() if n.endswith("inv_freq")}
+    assert ref
+    cast_model(model, "bfloat16")
+    assert model.llava.lm_head.weight.dtype == torch.bfloat16
+    for n, b in model.named_buffers():
+        if n in ref:
+            assert b.dtype == torch.float32 and torch.equal(b, ref[n]), n
+    assert all(p.dtype == torch.float32 for p in model.sam.prompt_encoder.parameters())

@@ -121,10 +121,20 @@ def build_read_model(cfg: ReadConfig, vocab_size: int, *, seg_token_id: int, ima
 
 
 def cast_model(model: ReadModel, dtype: str | torch.dtype) -> ReadModel:
-    """Cast to ``dtype`` keeping SAM's prompt encoder in fp32 (its positional encoding fails in bf16)."""
+    """Cast to ``dtype`` keeping SAM's prompt encoder in fp32 (its positional encoding fails in bf16) and the
+    rotary-embedding frequencies in fp32 (bf16 frequencies shift the RoPE phase by ~0.7 rad at position 600)."""
     torch_dtype = _DTYPES[dtype] if isinstance(dtype, str) else dtype
+    rotary = {
+        name: buf.detach().clone()
+        for name, buf in model.named_buffers()
+        if name.endswith("inv_freq") and buf.is_floating_point()
+    }
     model.to(torch_dtype)
     model.sam.prompt_encoder.float()
+    for name, buf in rotary.items():
+        module_name, _, attr = name.rpartition(".")
+        module = model.get_submodule(module_name)
+        module._buffers[attr] = buf.float()
     return model
 
 

@@ -1,0 +1,106 @@
+"""chat.py driven end to end with a tiny saved model: one-shot mode, the interactive loop, bad inputs."""
+
+from __future__ import annotations
+
+import builtins
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import chat
+from model_utils import tiny_config
+from read.model import build_read_model, save_pretrained
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tiny_tokenizer):
+    torch.manual_seed(0)
+    model = build_read_model(
+        tiny_config(), len(tiny_tokenizer), seg_token_id=tiny_tokenizer.seg_token_id,
+        image_token_id=tiny_tokenizer.image_token_id,
+    )
+    head = model.llava.lm_head.weight.data
+    v = torch.randn(head.shape[1], generator=torch.Generator().manual_seed(1))
+    head.zero_()
+    head[tiny_tokenizer.seg_token_id], head[tiny_tokenizer.eos_token_id] = v, -v  # answers are runs of [SEG]
+    d = tmp_path_factory.mktemp("model")
+    save_pretrained(model, d, tiny_tokenizer)
+    return d
+
+
+@pytest.fixture(scope="module")
+def image_path(tmp_path_factory):
+    img = np.random.default_rng(0).integers(0, 255, size=(40, 56, 3), dtype=np.uint8)
+    path = tmp_path_factory.mktemp("img") / "scene.png"
+    cv2.imwrite(str(path), img)
+    return path
+
+
+def test_one_shot_writes_the_three_pngs(model_dir, image_path, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = chat.main(["--model", str(model_dir), "--image", str(image_path), "--query", "the red circle",
+                      "--out_dir", str(out), "--max_new_tokens", "4"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "READ:" in printed and "[SEG]" in printed
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["scene_000_mask.png", "scene_000_side_by_side.png", "scene_000_similarity.png"]
+    side = cv2.imread(str(out / "scene_000_side_by_side.png"))
+    assert side.shape == (40, 56 * 3, 3)
+    for name in files:
+        assert str(out / name) in printed
+
+
+def test_interactive_loop_recovers_from_bad_input_and_exits_on_eof(model_dir, image_path, tmp_path, monkeypatch, capsys):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not an image")
+    answers = iter([
+        "",                       # no image yet
+        str(tmp_path / "nope.jpg"),  # missing file
+        str(bad),                 # not an image
+        str(image_path), "",      # empty question
+        "", "where is it?",       # keep the image, ask
+        "", "and now?",           # cached image again
+    ])
+
+    def fake_input(prompt=""):
+        try:
+            return next(answers)
+        except StopIteration:
+            raise EOFError from None
+
+    monkeypatch.setattr(builtins, "input", fake_input)
+    code = chat.main(["--model", str(model_dir), "--out_dir", str(tmp_path / "o"), "--max_new_tokens", "3"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "no image yet" in out
+    assert "nope.jpg" in out and "notes.txt" in out
+    assert "the question is empty" in out
+    assert out.count("READ:") == 2
+    assert out.rstrip().endswith("bye")
+    assert (tmp_path / "o" / "scene_001_side_by_side.png").is_file()
+
+
+def test_ctrl_c_exits_cleanly(model_dir, monkeypatch, capsys, tmp_path):
+    def interrupt(prompt=""):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(builtins, "input", interrupt)
+    assert chat.main(["--model", str(model_dir), "--out_dir", str(tmp_path)]) == 0
+    assert "bye" in capsys.readouterr().out
+
+
+def test_clear_errors_for_bad_model_dir_and_quantisation_on_cpu(model_dir, image_path, tmp_path, capsys):
+    assert chat.main(["--model", str(tmp_path / "missing"), "--image", str(image_path), "--query", "x"]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    code = chat.main(["--model", str(model_dir), "--device", "cpu", "--load_in_8bit",
+                      "--image", str(image_path), "--query", "x"])
+    assert code == 2
+    assert "needs a CUDA device" in capsys.readouterr().err
+
+
+def test_image_and_query_go_together():
+    with pytest.raises(SystemExit):
+        chat.parse_args(["--model", "m", "--image", "a.png"])
