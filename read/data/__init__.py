@@ -1,0 +1,1 @@
+"""Data pipeline: conversation templates, question/answer templates, tokenisation with label masking."""
