@@ -157,29 +157,45 @@ class DataConfig:
     val_split: str = "val"
     num_workers: int = 2
     strict: bool = False  # a bad sample raises instead of being skipped and counted
+    # Training question/answer lists: "read" (READ/SESAME qa_template) or "lisa" (LISA's short lists).
+    templates: Literal["read", "lisa"] = "read"
+    # Refs files: "read" (SESAME *_exclude_unified) or "lisa" (standard unc/umd).
+    refer_protocol: Literal["read", "lisa"] = "read"
+    reason_seg_fp_prob: float = 0.15  # ReasonSeg false-premise correction (only images with false_premise_QA)
+    sem_seg_denial_prob: float = 0.07  # sem_seg false-premise denial
+    sem_seg_correction_prob: float = 0.08  # sem_seg false-premise correction
+    max_sample_attempts: int = 20  # consecutive bad samples tolerated per index before giving up
+    eval_prompts: Literal["read", "lisa"] = "read"  # evaluation prompt templates (read.data.eval_sets)
 
 
 @dataclass
 class TrainConfig:
-    output_dir: str = "runs/read"
+    """Optimisation, checkpointing and logging (SPEC 5). DeepSpeed settings that are not hyper-parameters live in
+    ``deepspeed_config``; its "auto" values are filled from here (read/training/engine.py)."""
+
+    output_dir: str = "runs/read"  # run directory: checkpoints/, tensorboard/, metrics.jsonl, config.json
     seed: int = 42
     epochs: int = 10
-    steps_per_epoch: int = 500
-    batch_size: int = 2  # per process, in images
+    steps_per_epoch: int = 500  # optimizer steps per epoch; an epoch is steps, not a pass over the data
+    batch_size: int = 2  # per process and micro-batch, in images
     grad_accumulation_steps: int = 10
-    lr: float = 3e-4
+    lr: float = 3e-4  # AdamW peak lr (WarmupDecayLR warmup_max_lr)
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    warmup_steps: int = 100
+    eps: float = 1e-8  # AdamW epsilon
+    warmup_steps: int = 100  # linear warm-up from 0, then linear decay to 0 at epochs * steps_per_epoch
     grad_clip: float = 1.0
-    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    # "auto" = bf16 when CUDA is available, else fp32 (CPU runs); fp32 enables neither DeepSpeed bf16 nor fp16.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     deepspeed_config: str = "configs/deepspeed/zero2.json"
     val_batch_size: int = 1
-    eval_every_epoch: bool = True
-    log_every: int = 1
-    max_nonfinite_steps: int = 10
+    eval_every_epoch: bool = True  # validate after each epoch and keep the best checkpoint by cIoU
+    save_every: int = 0  # also write a resumable checkpoint every N optimizer steps (0: at epoch ends only)
+    log_every: int = 1  # optimizer steps between progress-bar / TensorBoard updates
+    max_nonfinite_steps: int = 10  # stop after this many consecutive skipped (non-finite) steps
     tensorboard: bool = True
     wandb: bool = False
+    wandb_project: str = "read"
 
 
 @dataclass
@@ -224,6 +240,16 @@ def validate(cfg: ReadConfig) -> None:
         )
     if cfg.lora.r < 1:
         raise ValueError("lora.r must be >= 1")
+    t = cfg.train
+    for key in ("epochs", "steps_per_epoch", "batch_size", "grad_accumulation_steps", "val_batch_size", "log_every"):
+        if getattr(t, key) < 1:
+            raise ValueError(f"train.{key} must be >= 1, got {getattr(t, key)}")
+    if t.lr <= 0 or t.warmup_steps < 0 or t.grad_clip < 0 or t.save_every < 0 or t.max_nonfinite_steps < 1:
+        raise ValueError(
+            "train: need lr > 0, warmup_steps >= 0, grad_clip >= 0, save_every >= 0, max_nonfinite_steps >= 1"
+        )
+    if len(t.betas) != 2 or not all(0.0 <= b < 1.0 for b in t.betas):
+        raise ValueError(f"train.betas must be two numbers in [0, 1), got {t.betas}")
 
 
 # ----------------------------------------------------------------------------------------------------------

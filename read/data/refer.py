@@ -1,0 +1,225 @@
+"""Readers for the referring-expression annotation packs (REFER layout; gRefCOCO's G_REFER layout).
+
+On disk, under ``<dataset_dir>/refer_seg/``::
+
+    <dataset>/refs(<splitBy>).p        pickle: list of refs (REFER); grefcoco: grefs(<splitBy>).p or .json
+    <dataset>/instances.json           COCO images / annotations / categories
+    images/mscoco/images/train2014/    COCO train2014 images (every dataset except refclef)
+    images/saiapr_tc-12/               ReferItGame images (refclef)
+
+A ref is ``{ref_id, ann_id, image_id, category_id, split, sentences: [{sent, sent_id, tokens, ...}]}``. SESAME's
+FP-/R-RefCOCO refs add ``is_false_premise`` + ``gt_sent`` (FP) or ``exist`` (R) to each sentence; gRefCOCO refs have
+a list ``ann_id`` (multi-target) or ``[-1]`` (no target).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from read.data.masks import coco_segmentation_to_mask
+from read.data.safe_pickle import load_pickle
+from read.data.sample import DataError
+
+__all__ = [
+    "REFER_DATASETS",
+    "FALSE_PREMISE_DATASETS",
+    "split_by_for",
+    "refer_image_dir",
+    "sentence_exists",
+    "ReferIndex",
+]
+
+REFER_DATASETS = (
+    "refclef",
+    "refcoco",
+    "refcoco+",
+    "refcocog",
+    "R-refcoco",
+    "R-refcoco+",
+    "R-refcocog",
+    "fprefcoco",
+    "fprefcoco+",
+    "fprefcocog",
+    "grefcoco",
+)
+FALSE_PREMISE_DATASETS = ("fprefcoco", "fprefcoco+", "fprefcocog")
+
+
+def split_by_for(dataset: str, protocol: str = "read") -> str:
+    """The ``splitBy`` of a dataset's refs file.
+
+    Arguments:
+        dataset: one of :data:`REFER_DATASETS`.
+        protocol: "read" (READ/SESAME: the ``*_exclude_unified`` files, which drop training refs whose images are
+            in any refcoco/+/g val/test split) or "lisa" (the standard ``unc``/``umd`` files).
+    """
+    if dataset not in REFER_DATASETS:
+        raise ValueError(f"unknown referring dataset '{dataset}'; expected one of {list(REFER_DATASETS)}")
+    if protocol not in ("read", "lisa"):
+        raise ValueError(f"unknown refer protocol '{protocol}'; expected 'read' or 'lisa'")
+    if dataset in ("refclef", "grefcoco"):
+        return "unc"
+    if protocol == "lisa":
+        return "umd" if dataset.endswith("refcocog") else "unc"
+    if dataset in ("refcocog", "R-refcocog"):
+        return "umd_exclude_unified"
+    if dataset in FALSE_PREMISE_DATASETS:
+        return "berkeley_exclude_unified"
+    return "unc_exclude_unified"
+
+
+def refer_image_dir(refer_root: str, dataset: str) -> str:
+    """Folder holding the images of ``dataset``."""
+    if dataset == "refclef":
+        return os.path.join(refer_root, "images", "saiapr_tc-12")
+    return os.path.join(refer_root, "images", "mscoco", "images", "train2014")
+
+
+def sentence_exists(sentence: dict) -> bool:
+    """Whether a sentence's object is in the image (FP-RefCOCO ``is_false_premise``, R-RefCOCO ``exist``, else True)."""
+    if "is_false_premise" in sentence:
+        return not bool(sentence["is_false_premise"])
+    if "exist" in sentence:
+        return bool(sentence["exist"])
+    return True
+
+
+def _split_matches(wanted: str, ref_split: str) -> bool:
+    # REFER's rules: "testA" matches "testA" and "testAB"; "test" matches every test split; train/val are exact.
+    if wanted in ("testA", "testB", "testC"):
+        return wanted[-1] in ref_split and ref_split.startswith("test")
+    if wanted == "test":
+        return "test" in ref_split
+    return ref_split == wanted
+
+
+class ReferIndex:
+    """One referring dataset (refs + COCO instances), indexed by image.
+
+    Arguments:
+        refer_root: ``<dataset_dir>/refer_seg``.
+        dataset: one of :data:`REFER_DATASETS`.
+        split_by: the refs file variant, e.g. "unc_exclude_unified" (see :func:`split_by_for`).
+
+    Raises:
+        FileNotFoundError: the refs file or ``instances.json`` is missing (message names the path).
+        DataError: a file is malformed.
+    """
+
+    def __init__(self, refer_root: str, dataset: str, split_by: str) -> None:
+        if dataset not in REFER_DATASETS:
+            raise ValueError(f"unknown referring dataset '{dataset}'; expected one of {list(REFER_DATASETS)}")
+        self.dataset = dataset
+        self.split_by = split_by
+        self.data_dir = os.path.join(refer_root, dataset)
+        self.image_dir = refer_image_dir(refer_root, dataset)
+        self.refs_path = self._refs_path()
+        self.refs: list[dict] = self._load_refs()
+        self.instances_path = os.path.join(self.data_dir, "instances.json")
+        instances = self._load_instances()
+        for i, img in enumerate(instances["images"]):
+            missing = {"id", "file_name", "height", "width"} - set(img)
+            if missing:
+                raise DataError(f"{self.instances_path}: images[{i}] has no {sorted(missing)}")
+        self.images: dict[int, dict] = {img["id"]: img for img in instances["images"]}
+        self.anns: dict[int, dict] = {ann["id"]: ann for ann in instances["annotations"] if "id" in ann}
+        self.categories: dict[int, str] = {c["id"]: c["name"] for c in instances.get("categories", [])}
+        self.image_refs: dict[int, list[dict]] = defaultdict(list)
+        for i, ref in enumerate(self.refs):
+            for key in ("ref_id", "ann_id", "image_id", "split", "sentences"):
+                if key not in ref:
+                    raise DataError(f"{self.refs_path}: ref #{i} has no '{key}'")
+            self.image_refs[ref["image_id"]].append(ref)
+
+    # ------------------------------------------------------------------------------------------------------
+    # loading
+
+    def _refs_path(self) -> str:
+        stem = "grefs" if self.dataset == "grefcoco" else "refs"
+        candidates = [os.path.join(self.data_dir, f"{stem}({self.split_by}).p")]
+        if self.dataset == "grefcoco":
+            candidates.append(os.path.join(self.data_dir, f"{stem}({self.split_by}).json"))
+        for c in candidates:
+            if os.path.isfile(c):
+                return c
+        raise FileNotFoundError(f"{self.dataset}: refs file not found (looked for {' and '.join(candidates)})")
+
+    def _load_refs(self) -> list[dict]:
+        if self.refs_path.endswith(".json"):
+            refs = _read_json(self.refs_path)
+        else:
+            refs = load_pickle(self.refs_path)
+        if not isinstance(refs, list):
+            raise DataError(f"{self.refs_path}: expected a list of refs, got {type(refs).__name__}")
+        return refs
+
+    def _load_instances(self) -> dict[str, Any]:
+        if not os.path.isfile(self.instances_path):
+            raise FileNotFoundError(f"{self.dataset}: instances file not found: {self.instances_path}")
+        instances = _read_json(self.instances_path)
+        for key in ("images", "annotations"):
+            if key not in instances:
+                raise DataError(f"{self.instances_path}: missing '{key}'")
+        return instances
+
+    # ------------------------------------------------------------------------------------------------------
+    # queries
+
+    def split_refs(self, split: str) -> list[dict]:
+        """Refs of a split: "train", "val", "test", "testA", "testB", "testC" (REFER's matching rules)."""
+        if split not in ("train", "val", "test", "testA", "testB", "testC"):
+            raise ValueError(f"{self.dataset}: unknown split '{split}'")
+        return [ref for ref in self.refs if _split_matches(split, str(ref["split"]))]
+
+    def split_images(self, split: str) -> list[dict]:
+        """Image records (COCO ``images`` entries) that have refs in ``split``, sorted by image id."""
+        ids = sorted({ref["image_id"] for ref in self.split_refs(split)})
+        missing = [i for i in ids if i not in self.images]
+        if missing:
+            raise DataError(f"{self.instances_path}: no image record for image ids {missing[:5]} used by the refs")
+        return [self.images[i] for i in ids]
+
+    def image_path(self, image: dict) -> str:
+        """Absolute path of an image record's file."""
+        return os.path.join(self.image_dir, image["file_name"])
+
+    def ann_mask(self, ann_id: int | list[int], image: dict) -> np.ndarray:
+        """The mask of a ref's ``ann_id``.
+
+        Arguments:
+            ann_id: an annotation id, a list of ids (OR-ed), or ``[-1]`` / ``-1`` (no target: empty mask).
+            image: the image record (gives height and width).
+
+        Returns:
+            (H, W) uint8 in {0, 1}.
+
+        Raises:
+            DataError: an annotation id is not in ``instances.json``.
+        """
+        height, width = int(image["height"]), int(image["width"])
+        ids = ann_id if isinstance(ann_id, list) else [ann_id]
+        out = np.zeros((height, width), dtype=np.uint8)
+        for a in ids:
+            if a == -1:
+                continue
+            ann = self.anns.get(a)
+            if ann is None:
+                raise DataError(f"{self.instances_path}: annotation {a} (image {image.get('id')}) not found")
+            m = coco_segmentation_to_mask(
+                ann.get("segmentation", []), height, width, f"{self.instances_path}: annotation {a}"
+            )
+            out |= m
+        return out
+
+
+def _read_json(path: str) -> Any:
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: invalid JSON ({e})") from e

@@ -1,0 +1,170 @@
+"""Image loading and the two preprocessing branches (CLIP and SAM), written once for training, evaluation and chat.
+
+* CLIP (``clip_preprocess``): shortest side to ``S_clip`` with PIL bicubic, centre crop ``S_clip x S_clip``, scale
+  to [0, 1], normalise with the CLIP mean/std. This is exactly what transformers' PIL-backend
+  ``CLIPImageProcessor`` does with ``size={"shortest_edge": S_clip}`` and ``crop_size=S_clip`` (the reference's
+  processor in transformers 4.31 was PIL-based too); ``tests/test_data_transforms.py`` checks equality. (The
+  default, torchvision-backed ``CLIPImageProcessor`` of transformers 5 resamples differently, by up to ~1/255.)
+* SAM (``sam_preprocess``): longest side to ``S_sam`` with segment_anything's ``ResizeLongestSide`` rounding and PIL
+  bilinear resampling, normalise on the 0-255 scale with SAM's mean/std, zero-pad right/bottom to ``S_sam``.
+
+The sizes come from the model config (``vision.image_size``, ``sam.image_size``); nothing here assumes 336/1024.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from read.config import ModelConfig
+from read.constants import CLIP_MEAN, CLIP_STD, SAM_PIXEL_MEAN, SAM_PIXEL_STD
+from read.data.sample import DataError
+
+__all__ = [
+    "ImageLoadError",
+    "PreprocessedImage",
+    "ImagePreprocessor",
+    "load_image",
+    "clip_preprocess",
+    "sam_resized_size",
+    "sam_preprocess",
+]
+
+
+class ImageLoadError(DataError):
+    """An image file is missing, unreadable or not an image; the message names the file."""
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as RGB.
+
+    Arguments:
+        path: image file (any format OpenCV or PIL can decode; grey and RGBA images become RGB).
+
+    Returns:
+        (H, W, 3) uint8 RGB array.
+
+    Raises:
+        ImageLoadError: the file does not exist or cannot be decoded.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ImageLoadError(f"image file not found: {path}")
+    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+    if bgr is not None and bgr.size > 0:
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    try:  # formats OpenCV does not decode (e.g. GIF)
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB")).copy()
+    except Exception as e:  # PIL raises several unrelated exception types for broken files
+        raise ImageLoadError(f"cannot decode image {path}: {type(e).__name__}: {e}") from e
+
+
+def _check_rgb(image: np.ndarray) -> None:
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got shape {image.shape} dtype {image.dtype}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"empty image of shape {image.shape}")
+
+
+def clip_preprocess(image: np.ndarray, size: int) -> Tensor:
+    """CLIP branch: shortest side to ``size`` (bicubic), centre crop, rescale, normalise.
+
+    Arguments:
+        image: (H, W, 3) uint8 RGB.
+        size: S_clip, the CLIP input side.
+
+    Returns:
+        (3, size, size) float32.
+    """
+    _check_rgb(image)
+    h, w = image.shape[:2]
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(size * long / short)
+    new_h, new_w = (new_long, size) if w <= h else (size, new_long)
+    resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), resample=Image.BICUBIC))
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    crop = resized[top : top + size, left : left + size]
+    x = (crop.astype(np.float64) * (1 / 255)).astype(np.float32)
+    x = (x - np.array(CLIP_MEAN, dtype=np.float32)) / np.array(CLIP_STD, dtype=np.float32)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+
+def sam_resized_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """(h, w) after SAM's longest-side resize to ``size`` (segment_anything ``ResizeLongestSide`` rounding)."""
+    scale = size * 1.0 / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def sam_preprocess(image: np.ndarray, size: int) -> tuple[Tensor, tuple[int, int]]:
+    """SAM branch: longest side to ``size`` (bilinear), normalise on the 0-255 scale, zero-pad right/bottom.
+
+    Arguments:
+        image: (H, W, 3) uint8 RGB.
+        size: S_sam, the SAM input side.
+
+    Returns:
+        ((3, size, size) float32, (h, w) the resized size before padding).
+    """
+    _check_rgb(image)
+    h, w = sam_resized_size(image.shape[0], image.shape[1], size)
+    resized = np.array(Image.fromarray(image).resize((w, h), resample=Image.BILINEAR))
+    x = torch.from_numpy(resized).permute(2, 0, 1).float()  # (3, h, w)
+    mean = torch.tensor(SAM_PIXEL_MEAN).view(3, 1, 1)
+    std = torch.tensor(SAM_PIXEL_STD).view(3, 1, 1)
+    x = (x - mean) / std
+    x = torch.nn.functional.pad(x, (0, size - w, 0, size - h))
+    return x, (h, w)
+
+
+@dataclass
+class PreprocessedImage:
+    """Both model views of one image.
+
+    Attributes:
+        pixel_values: (3, S_clip, S_clip) CLIP input.
+        sam_image: (3, S_sam, S_sam) SAM input.
+        original_size: (H, W) of the image.
+        resized_size: (h, w) inside the padded SAM input.
+    """
+
+    pixel_values: Tensor
+    sam_image: Tensor
+    original_size: tuple[int, int]
+    resized_size: tuple[int, int]
+
+
+class ImagePreprocessor:
+    """Applies both branches with the sizes of a model config.
+
+    Arguments:
+        clip_size: S_clip (``model.vision.image_size``).
+        sam_size: S_sam (``model.sam.image_size``).
+    """
+
+    def __init__(self, clip_size: int, sam_size: int) -> None:
+        if clip_size < 1 or sam_size < 1:
+            raise ValueError(f"image sizes must be positive, got clip_size={clip_size}, sam_size={sam_size}")
+        self.clip_size = clip_size
+        self.sam_size = sam_size
+
+    @classmethod
+    def from_config(cls, model_cfg: ModelConfig) -> "ImagePreprocessor":
+        """Build from a :class:`read.config.ModelConfig`."""
+        return cls(model_cfg.vision.image_size, model_cfg.sam.image_size)
+
+    def __call__(self, image: np.ndarray) -> PreprocessedImage:
+        """Arguments: image (H, W, 3) uint8 RGB. Returns: :class:`PreprocessedImage`."""
+        sam_image, resized = sam_preprocess(image, self.sam_size)
+        return PreprocessedImage(
+            pixel_values=clip_preprocess(image, self.clip_size),
+            sam_image=sam_image,
+            original_size=(int(image.shape[0]), int(image.shape[1])),
+            resized_size=resized,
+        )

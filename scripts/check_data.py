@@ -1,0 +1,302 @@
+#!/usr/bin/env python
+"""Check a dataset folder before training or evaluation.
+
+For every requested dataset it reports what it found (images and annotations per split) and lists every missing or
+unreadable file, then prints a summary. The exit status is 1 when a requested dataset is unusable (its index files
+are missing or broken, or it has no usable sample), 0 otherwise.
+
+    python scripts/check_data.py --dataset_dir data
+    python scripts/check_data.py --dataset_dir data --datasets reason_seg refcoco fprefcoco ade20k --decode
+
+Names: the training types (reason_seg, refer_seg, neg_refer_seg, correct_refer_seg, sem_seg, vqa; each expands to
+the lists of ``DataConfig``) or single datasets (ReasonSeg, refcoco, ..., grefcoco, ade20k, ..., llava_instruct_150k).
+Without ``--decode`` images are only checked for presence; with it every image and label map is decoded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from read.config import DataConfig  # noqa: E402
+from read.data.masks import reason_seg_mask  # noqa: E402
+from read.data.reason_seg import json_path_for, parse_reason_seg_data, read_reason_seg_json  # noqa: E402
+from read.data.refer import REFER_DATASETS, ReferIndex, sentence_exists, split_by_for  # noqa: E402
+from read.data.sample import DataError  # noqa: E402
+from read.data.sem_seg import SEM_SEG_DATASETS, LabelMapSource, build_sem_seg_source, load_label_map  # noqa: E402
+from read.data.transforms import load_image  # noqa: E402
+from read.data.vqa import VQADataset, vqa_messages  # noqa: E402
+
+TYPES = ("reason_seg", "refer_seg", "neg_refer_seg", "correct_refer_seg", "sem_seg", "vqa")
+MAX_LISTED = 50  # problems printed per dataset (all are counted)
+
+
+@dataclass
+class Report:
+    """What was found for one dataset."""
+
+    name: str
+    found: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    usable: bool = True
+
+    def fail(self, message: str) -> None:
+        self.problems.append(message)
+        self.usable = False
+
+
+def _check_image(path: str, decode: bool, report: Report) -> bool:
+    if not os.path.isfile(path):
+        report.problems.append(f"missing image: {path}")
+        return False
+    if os.path.getsize(path) == 0:
+        report.problems.append(f"empty image file: {path}")
+        return False
+    if decode:
+        try:
+            load_image(path)
+        except DataError as e:
+            report.problems.append(f"unreadable image: {e}")
+            return False
+    return True
+
+
+def check_reason_seg(dataset_dir: str, folder: str, splits: list[str], decode: bool) -> Report:
+    report = Report(f"{folder} (reason_seg)")
+    root = os.path.join(dataset_dir, "reason_seg", folder)
+    usable_total = 0
+    for split in splits:
+        split_dir = os.path.join(root, split)
+        if not os.path.isdir(split_dir):
+            report.fail(f"missing split folder: {split_dir}")
+            continue
+        images = sorted(f for f in os.listdir(split_dir) if f.endswith(".jpg"))
+        jsons = sorted(f for f in os.listdir(split_dir) if f.endswith(".json"))
+        usable, fp, long_q = 0, 0, 0
+        for name in images:
+            path = os.path.join(split_dir, name)
+            ok = _check_image(path, decode, report)
+            try:
+                ann = read_reason_seg_json(json_path_for(path))
+            except DataError as e:
+                report.problems.append(str(e))
+                continue
+            fp += ann.false_premise_qa is not None
+            long_q += ann.is_sentence
+            if decode and ok:
+                image = load_image(path)
+                try:
+                    mask = reason_seg_mask(ann.shapes, image.shape[0], image.shape[1], json_path_for(path))
+                except DataError as e:
+                    report.problems.append(str(e))
+                    continue
+                if not (mask == 1).any():
+                    report.problems.append(f"{json_path_for(path)}: empty target mask")
+            usable += ok
+        orphans = sorted(set(os.path.splitext(j)[0] for j in jsons) - set(os.path.splitext(i)[0] for i in images))
+        report.problems += [f"annotation without image: {os.path.join(split_dir, o)}.json" for o in orphans]
+        report.found.append(
+            f"{split}: {len(images)} images, {len(jsons)} json ({long_q} long queries, {fp} with false_premise_QA)"
+        )
+        usable_total += usable
+    explanatory = os.path.join(root, "explanatory", "train.json")
+    report.found.append(f"explanatory/train.json: {'present' if os.path.isfile(explanatory) else 'absent (optional)'}")
+    if usable_total == 0 and report.usable:
+        report.fail("no usable image")
+    return report
+
+
+def check_refer(dataset_dir: str, dataset: str, protocol: str, decode: bool) -> Report:
+    split_by = split_by_for(dataset, protocol)
+    report = Report(f"{dataset} (refs {split_by})")
+    try:
+        index = ReferIndex(os.path.join(dataset_dir, "refer_seg"), dataset, split_by)
+    except (FileNotFoundError, DataError) as e:
+        report.fail(str(e))
+        return report
+    report.found.append(
+        f"{os.path.basename(index.refs_path)}: {len(index.refs)} refs; instances.json: {len(index.images)} images, "
+        f"{len(index.anns)} annotations"
+    )
+    splits = sorted({str(r["split"]) for r in index.refs})
+    usable_total = 0
+    for split in splits:
+        refs = [r for r in index.refs if r["split"] == split]
+        sentences = [s for r in refs for s in r["sentences"]]
+        false_premises = sum(not sentence_exists(s) for s in sentences)
+        image_ids = sorted({r["image_id"] for r in refs})
+        ok_images = 0
+        for image_id in image_ids:
+            image = index.images.get(image_id)
+            if image is None:
+                report.problems.append(f"{index.instances_path}: no image record {image_id}")
+                continue
+            ok_images += _check_image(index.image_path(image), decode, report)
+        for r in refs:
+            ids = r["ann_id"] if isinstance(r["ann_id"], list) else [r["ann_id"]]
+            for a in ids:
+                if a != -1 and a not in index.anns:
+                    report.problems.append(f"{index.instances_path}: annotation {a} of ref {r['ref_id']} not found")
+            if decode and r["image_id"] in index.images:
+                try:
+                    index.ann_mask(r["ann_id"], index.images[r["image_id"]])
+                except DataError as e:
+                    report.problems.append(str(e))
+        report.found.append(
+            f"{split}: {len(refs)} refs, {len(sentences)} sentences ({false_premises} false premises), "
+            f"{len(image_ids)} images ({ok_images} present)"
+        )
+        usable_total += ok_images
+    if usable_total == 0:
+        report.fail("no usable image")
+    return report
+
+
+def check_sem_seg(dataset_dir: str, name: str, decode: bool) -> Report:
+    report = Report(f"{name} (sem_seg)")
+    try:
+        source = build_sem_seg_source(dataset_dir, name)
+    except (FileNotFoundError, DataError) as e:
+        report.fail(str(e))
+        return report
+    usable = 0
+    if isinstance(source, LabelMapSource):
+        report.found.append(f"{len(source.labels)} label maps, {len(source.classes)} classes")
+        for image, label in zip(source.images, source.labels):
+            ok = _check_image(image, decode, report)
+            if not os.path.isfile(label):
+                report.problems.append(f"missing label map: {label}")
+                ok = False
+            elif decode:
+                try:
+                    load_label_map(label)
+                except DataError as e:
+                    report.problems.append(str(e))
+                    ok = False
+            usable += ok
+    else:
+        n_anns = sum(len(v) for v in source.image_anns.values())
+        report.found.append(f"{len(source.images)} images, {n_anns} annotations, {len(source.class_map)} categories")
+        for image in source.images:
+            usable += _check_image(source.image_path(image), decode, report) and image["id"] in source.image_anns
+    if usable == 0:
+        report.fail("no usable image")
+    return report
+
+
+def check_vqa(dataset_dir: str, vqa_data: str, decode: bool) -> Report:
+    report = Report(f"{vqa_data} (vqa)")
+    try:
+        ds = VQADataset(dataset_dir, vqa_data)
+    except (FileNotFoundError, DataError) as e:
+        report.fail(str(e))
+        return report
+    usable = 0
+    for i, item in enumerate(ds.items):
+        try:
+            vqa_messages(item["conversations"], f"{ds.json_path}: item {i}")
+        except (DataError, KeyError, TypeError) as e:
+            report.problems.append(f"{ds.json_path}: item {i}: {e}")
+            continue
+        usable += _check_image(ds.image_path(item), decode, report)
+    report.found.append(f"{len(ds.items)} conversations, {usable} with a present image")
+    if usable == 0:
+        report.fail("no usable conversation")
+    return report
+
+
+def expand(names: list[str], cfg: DataConfig) -> list[tuple[str, str]]:
+    """Requested names -> (kind, dataset) pairs, de-duplicated in order."""
+    out: list[tuple[str, str]] = []
+    for name in names:
+        if name == "reason_seg":
+            out.append(("reason_seg", cfg.reason_seg_data))
+        elif name in ("refer_seg", "neg_refer_seg", "correct_refer_seg"):
+            lists = {"refer_seg": cfg.refer_seg_data, "neg_refer_seg": cfg.neg_refer_seg_data,
+                     "correct_refer_seg": cfg.correct_refer_seg_data}  # fmt: skip
+            out += [("refer", ds) for ds in lists[name]]
+        elif name == "sem_seg":
+            out += [("sem_seg", ds) for ds in cfg.sem_seg_data]
+        elif name == "vqa":
+            out.append(("vqa", cfg.vqa_data))
+        elif name in REFER_DATASETS:
+            out.append(("refer", name))
+        elif name in SEM_SEG_DATASETS:
+            out.append(("sem_seg", name))
+        elif name == "ReasonSeg" or "|" in name:
+            out.append(("reason_seg", name if "|" in name else "ReasonSeg|train_val_test"))
+        elif name.startswith("llava"):
+            out.append(("vqa", name))
+        else:
+            raise SystemExit(f"check_data: unknown dataset name {name!r}")
+    seen, unique = set(), []
+    for item in out:
+        if item not in seen:
+            seen.add(item)
+            unique.append(item)
+    return unique
+
+
+def run_checks(dataset_dir: str, names: list[str], cfg: DataConfig, decode: bool) -> list[Report]:
+    reports = []
+    for kind, ds in expand(names, cfg):
+        if kind == "reason_seg":
+            folder, splits = parse_reason_seg_data(ds)
+            reports.append(check_reason_seg(dataset_dir, folder, splits, decode))
+        elif kind == "refer":
+            reports.append(check_refer(dataset_dir, ds, cfg.refer_protocol, decode))
+        elif kind == "sem_seg":
+            reports.append(check_sem_seg(dataset_dir, ds, decode))
+        else:
+            reports.append(check_vqa(dataset_dir, ds, decode))
+    return reports
+
+
+def print_reports(reports: list[Report], out=None) -> None:
+    out = out or sys.stdout
+    for r in reports:
+        status = "OK" if r.usable and not r.problems else ("PROBLEMS" if r.usable else "UNUSABLE")
+        print(f"== {r.name}: {status}", file=out)
+        for line in r.found:
+            print(f"   {line}", file=out)
+        for p in r.problems[:MAX_LISTED]:
+            print(f"   ! {p}", file=out)
+        if len(r.problems) > MAX_LISTED:
+            print(f"   ! ... and {len(r.problems) - MAX_LISTED} more problems", file=out)
+    unusable = [r.name for r in reports if not r.usable]
+    n_problems = sum(len(r.problems) for r in reports)
+    print(
+        f"Summary: {len(reports)} dataset(s) checked, {len(reports) - len(unusable)} usable, "
+        f"{len(unusable)} unusable, {n_problems} problem(s)",
+        file=out,
+    )
+    if unusable:
+        print(f"Unusable: {', '.join(unusable)}", file=out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset_dir", required=True, help="dataset root (the layout of README 'Data')")
+    parser.add_argument("--datasets", nargs="+", default=list(TYPES), help="types or single datasets to check")
+    parser.add_argument("--decode", action="store_true", help="decode every image, label map and mask")
+    parser.add_argument("--refer_protocol", choices=("read", "lisa"), default="read", help="refs-file convention")
+    parser.add_argument("--reason_seg_data", default="ReasonSeg|train_val_test", help="ReasonSeg folder|splits")
+    args = parser.parse_args(argv)
+    if not os.path.isdir(args.dataset_dir):
+        print(f"check_data: dataset_dir does not exist: {args.dataset_dir}", file=sys.stderr)
+        return 1
+    cfg = DataConfig(dataset_dir=args.dataset_dir, refer_protocol=args.refer_protocol,
+                     reason_seg_data=args.reason_seg_data)  # fmt: skip
+    reports = run_checks(args.dataset_dir, args.datasets, cfg, args.decode)
+    print_reports(reports)
+    return 1 if any(not r.usable for r in reports) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
