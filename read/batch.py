@@ -24,8 +24,9 @@ class ReadBatch:
         resized_sizes: B pairs (h, w) of the images after SAM's longest-side resize (before padding).
         labels: (R, L) LM targets with IGNORE_INDEX where no loss is taken; None at inference.
         gt_masks: R tensors (k_r, H, W) uint8 with 1 = object, 0 = background, 255 = ignore (evaluation only;
-            training treats it as background); k_r equals the number of ``[SEG]`` tokens in row r. None at
-            inference.
+            training treats it as background); k_r equals the number of ``[SEG]`` tokens in row r for
+            teacher-forced rows. Rows of question-only prompts (generation) carry their query's ground truth instead
+            (k_r = 1, all zero for a false premise). None at inference.
         meta: R dicts with per-row metadata (image path, question, dataset name, ...), never used by the model.
     """
 
