@@ -1,0 +1,319 @@
+"""The evaluation loop (read/evaluation.py) and eval.py on a tiny model and tiny datasets in the real on-disk formats.
+
+What is checked: per-query counts and scores against a literal batch-1 loop with the reference metric; batch > 1
+(right and left padding) gives exactly the records and masks of batch 1; shards are disjoint, cover the split and
+merge (with duplicates dropped) to the single-process result; an interrupted run resumes without evaluating an image
+twice; generation mode's existence / empty-mask rules; the CLI's outputs and errors.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fixtures import write_fprefcoco, write_refcoco
+from test_eval_support import (
+    emit_seg_for_some,
+    reference_counts,
+    reference_scores,
+    tiny_eval_model,
+    write_reason_seg_split,
+)
+from read.data.collate import ReadCollator
+from read.data.eval_sets import build_eval_dataset
+from read.evaluation import (
+    EvalConfig,
+    complete_images,
+    evaluate,
+    merge_records,
+    rle_decode,
+    rle_encode,
+    shard,
+    summarize,
+)
+
+N_IMAGES = 11
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest (and least disturbed by other processes) on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("eval_data")
+    write_reason_seg_split(root, "val", N_IMAGES)
+    return root
+
+
+@pytest.fixture(scope="module")
+def teacher_set(data_dir):
+    return build_eval_dataset(str(data_dir), "ReasonSeg", "val")
+
+
+@pytest.fixture(scope="module")
+def generation_set(data_dir):
+    return build_eval_dataset(str(data_dir), "ReasonSeg", "val", generation=True)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_tokenizer, generation_set):
+    m = tiny_eval_model(tiny_tokenizer)
+    emits = emit_seg_for_some(m, tiny_tokenizer, generation_set)
+    assert 0 < sum(emits) < len(emits)  # both branches of generation mode are exercised
+    return m
+
+
+@pytest.fixture(scope="module")
+def teacher_bs1(model, tiny_tokenizer, teacher_set, tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher_bs1")
+    res = evaluate(model, tiny_tokenizer, teacher_set, EvalConfig(batch_size=1, output_dir=str(out)))
+    return res, out
+
+
+@pytest.fixture(scope="module")
+def generate_bs1(model, tiny_tokenizer, generation_set, tmp_path_factory):
+    out = tmp_path_factory.mktemp("generate_bs1")
+    cfg = EvalConfig(mode="generate", batch_size=1, max_new_tokens=1, output_dir=str(out))
+    return evaluate(model, tiny_tokenizer, generation_set, cfg), out
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# exactness
+
+
+def test_teacher_records_match_a_literal_batch1_loop(model, tiny_tokenizer, teacher_set, teacher_bs1):
+    res, out = teacher_bs1
+    cfg = model.config.model
+    collator = ReadCollator(
+        tiny_tokenizer, "llava_v1", clip_size=cfg.vision.image_size, sam_size=cfg.sam.image_size,
+        num_image_tokens=cfg.vision.num_patches, max_length=None,
+    )  # fmt: skip
+    counts = []
+    with torch.no_grad():
+        for i in range(len(teacher_set)):
+            sample = teacher_set[i]
+            gt = sample.queries[0].masks[0]
+            logits = model(collator([sample])).pred_masks[0]
+            assert logits.shape == (1, *gt.shape)
+            counts.append(reference_counts((logits[0] > 0).numpy(), gt))
+    assert [(r["intersection"], r["union"]) for r in res.records] == counts
+    assert any(i > 0 for i, _ in counts)  # not a trivial all-empty prediction set
+    giou, ciou = reference_scores(counts)
+    assert res.scores["overall"]["giou"] == pytest.approx(giou, abs=1e-12)
+    assert res.scores["overall"]["ciou"] == pytest.approx(ciou, abs=1e-12)
+    assert res.scores["overall"]["num_masks"] == N_IMAGES
+    # short / long subsets: is_sentence is false for even images
+    short = [c for k, c in enumerate(counts) if k % 2 == 0]
+    long = [c for k, c in enumerate(counts) if k % 2 == 1]
+    assert res.scores["short"]["giou"] == pytest.approx(reference_scores(short)[0], abs=1e-12)
+    assert res.scores["long"]["ciou"] == pytest.approx(reference_scores(long)[1], abs=1e-12)
+    assert (res.scores["short"]["num_masks"], res.scores["long"]["num_masks"]) == (6, 5)
+    assert res.scores["see"] is None and res.evaluated == N_IMAGES and res.resumed == 0
+
+    lines = read_jsonl(out / "predictions.jsonl")
+    assert [r["key"] for r in lines] == [f"{i}/0" for i in range(N_IMAGES)]
+    for rec, sample_index in zip(lines, range(N_IMAGES)):
+        gt = teacher_set[sample_index].queries[0].masks[0]
+        pred = rle_decode(rec["mask_rle"])
+        assert pred.shape == gt.shape and int(pred.sum()) == rec["pred_area"]
+        assert reference_counts(pred, gt) == (rec["intersection"], rec["union"])
+        assert rec["gt_area"] == int((gt == 1).sum()) and rec["ignored_area"] == int((gt == 255).sum())
+        assert len(rec["points"]) == model.config.sasp.num_points == len(rec["point_labels"])
+    assert sum(r["ignored_area"] > 0 for r in lines) == 4  # images 0, 3, 6, 9
+
+
+@pytest.mark.parametrize("mode", ["teacher", "generate"])
+def test_batched_evaluation_equals_batch1(mode, model, tiny_tokenizer, teacher_set, generation_set, teacher_bs1,
+                                          generate_bs1, tmp_path):  # fmt: skip
+    ref, ref_dir = teacher_bs1 if mode == "teacher" else generate_bs1
+    dataset = teacher_set if mode == "teacher" else generation_set
+    cfg = EvalConfig(mode=mode, batch_size=4, max_new_tokens=1, output_dir=str(tmp_path))  # 4 + 4 + 3 images
+    res = evaluate(model, tiny_tokenizer, dataset, cfg)
+    assert res.records == ref.records
+    assert res.scores == ref.scores
+    # masks (RLE), points and generated text too, line by line
+    assert read_jsonl(tmp_path / "predictions.jsonl") == read_jsonl(ref_dir / "predictions.jsonl")
+
+
+def test_generation_mode_rules(model, tiny_tokenizer, generation_set, generate_bs1):
+    res, out = generate_bs1
+    lines = read_jsonl(out / "predictions.jsonl")
+    with_seg = [r for r in lines if r["num_seg"] > 0]
+    without = [r for r in lines if r["num_seg"] == 0]
+    assert with_seg and without
+    assert all("[SEG]" in r["text"] for r in with_seg) and not any("[SEG]" in r["text"] for r in without)
+    for r in without:  # no [SEG]: empty prediction, object predicted absent, the whole target is missed
+        assert r["pred_area"] == 0 and not r["pred_exists"] and rle_decode(r["mask_rle"]).sum() == 0
+        assert r["intersection"] == 0 and r["union"] == r["gt_area"]
+    for r in with_seg:
+        assert r["pred_exists"] == (r["pred_area"] > 0)
+    assert all(r["scored"] for r in lines)
+    expected_see = np.mean([r["pred_exists"] for r in lines])  # every ReasonSeg object exists
+    assert res.scores["see"] == pytest.approx(expected_see)
+    giou, ciou = reference_scores([(r["intersection"], r["union"]) for r in lines])
+    assert res.scores["overall"]["giou"] == pytest.approx(giou, abs=1e-12)
+    assert res.scores["overall"]["ciou"] == pytest.approx(ciou, abs=1e-12)
+
+
+def test_fp_refcoco_generation_see_and_segment(tiny_tokenizer, tmp_path):
+    """False premises have an all-zero target: a predicted mask only adds to the union; See compares existence."""
+    write_fprefcoco(tmp_path)
+    dataset = build_eval_dataset(str(tmp_path), "fprefcoco", "val", generation=True)
+    model = tiny_eval_model(tiny_tokenizer)
+    emit_seg_for_some(model, tiny_tokenizer, dataset, conv_type="vicuna_v1")
+    cfg = EvalConfig(mode="generate", conv_type="vicuna_v1", max_new_tokens=1, batch_size=2)
+    res = evaluate(model, tiny_tokenizer, dataset, cfg)
+    recs = res.records
+    assert [r["key"] for r in recs] == ["0/0", "0/1"] and [r["gt_exists"] for r in recs] == [True, False]
+    fp = recs[1]
+    assert fp["intersection"] == 0
+    assert dataset[0].queries[1].masks.sum() == 0
+    assert fp["union"] == fp["pred_area"] and fp["gt_area"] == 0
+    assert [r["pred_exists"] for r in recs].count(True) <= 1  # one of the two rows emits [SEG]
+    see = np.mean([r["pred_exists"] == r["gt_exists"] for r in recs])
+    assert res.scores["see"] == pytest.approx(see)
+    total_i = sum(r["intersection"] for r in recs)
+    total_u = sum(r["union"] for r in recs)
+    assert res.scores["overall"]["ciou"] == pytest.approx(total_i / (total_u + 1e-10))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# sharding, gathering, de-duplication
+
+
+def test_shard_is_a_disjoint_cover():
+    items = list(range(10))
+    parts = [shard(items, r, 3) for r in range(3)]
+    assert parts == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
+    assert shard(items, 0, 1) == items
+    assert [shard([4, 7], r, 3) for r in range(3)] == [[4], [7], []]  # more ranks than items: no padding
+    with pytest.raises(ValueError, match="rank"):
+        shard(items, 3, 3)
+
+
+def test_shards_merge_to_the_single_process_result(model, tiny_tokenizer, teacher_set, teacher_bs1):
+    ref, _ = teacher_bs1
+    cfg = EvalConfig(batch_size=2)
+    parts = [evaluate(model, tiny_tokenizer, teacher_set, cfg, rank=r, world_size=2) for r in (0, 1)]
+    indices = [{r["index"] for r in p.records} for p in parts]
+    assert indices == [set(range(0, N_IMAGES, 2)), set(range(1, N_IMAGES, 2))]
+    assert [p.evaluated for p in parts] == [6, 5]
+    # DistributedSampler-style padding: rank 1 also scored image 0 (a duplicate key) -> dropped when merging
+    duplicate = dict(parts[0].records[0])
+    merged = merge_records([parts[0].records, parts[1].records + [duplicate]])
+    assert merged == ref.records
+    assert summarize(merged, "teacher") == ref.scores
+
+
+def test_records_rle_roundtrip():
+    rng = np.random.default_rng(0)
+    mask = rng.random((7, 5)) > 0.5
+    rle = rle_encode(mask)
+    assert rle["size"] == [7, 5] and isinstance(rle["counts"], str)
+    assert np.array_equal(rle_decode(json.loads(json.dumps(rle))), mask.astype(np.uint8))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# resume
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_without_repeating_images(model, tiny_tokenizer, teacher_set, teacher_bs1, tmp_path):
+    ref, ref_dir = teacher_bs1
+    rows_seen: list[int] = []
+
+    def count_and_stop(module, args):
+        rows_seen.append(args[0].num_rows)
+        if stop_after is not None and len(rows_seen) > stop_after:
+            raise Interrupt
+
+    handle = model.register_forward_pre_hook(count_and_stop)
+    try:
+        stop_after = 2
+        cfg = EvalConfig(batch_size=2, output_dir=str(tmp_path))
+        with pytest.raises(Interrupt):
+            evaluate(model, tiny_tokenizer, teacher_set, cfg)
+        part = tmp_path / "parts" / "rank000.jsonl"
+        assert [r["index"] for r in read_jsonl(part)] == [0, 1, 2, 3]
+        assert complete_images(read_jsonl(part)) == {0, 1, 2, 3}
+        # a process killed mid-write leaves a torn line: that record is ignored and its image evaluated again
+        line = json.dumps(ref.records[4])
+        with part.open("a") as f:
+            f.write(line[: len(line) // 2])
+
+        rows_seen.clear()
+        stop_after = None
+        res = evaluate(model, tiny_tokenizer, teacher_set, cfg)
+        assert sum(rows_seen) == N_IMAGES - 4  # images 4..10, each once
+        assert (res.resumed, res.evaluated) == (4, N_IMAGES - 4)
+        assert res.records == ref.records and res.scores == ref.scores
+        assert read_jsonl(tmp_path / "predictions.jsonl") == read_jsonl(ref_dir / "predictions.jsonl")
+        assert not list((tmp_path / "parts").glob("*.jsonl"))
+
+        rows_seen.clear()
+        again = evaluate(model, tiny_tokenizer, teacher_set, cfg)  # a finished run: nothing left to do
+        assert rows_seen == [] and again.scores == ref.scores and again.resumed == N_IMAGES
+
+        rows_seen.clear()
+        cfg = EvalConfig(batch_size=4, output_dir=str(tmp_path), resume=False)
+        fresh = evaluate(model, tiny_tokenizer, teacher_set, cfg)
+        assert sum(rows_seen) == N_IMAGES and fresh.resumed == 0 and fresh.scores == ref.scores
+    finally:
+        handle.remove()
+
+
+def test_resume_refuses_other_settings(model, tiny_tokenizer, teacher_set, teacher_bs1):
+    _, out = teacher_bs1
+    cfg = EvalConfig(conv_type="vicuna_v1", output_dir=str(out))
+    with pytest.raises(ValueError, match=r"other settings \(conv_type: 'llava_v1' -> 'vicuna_v1'\)"):
+        evaluate(model, tiny_tokenizer, teacher_set, cfg)
+    with pytest.raises(ValueError, match=r"model: None -> 'other'"):
+        evaluate(model, tiny_tokenizer, teacher_set, EvalConfig(output_dir=str(out)), fingerprint={"model": "other"})
+
+
+def test_image_with_torn_records_is_evaluated_again_and_the_new_records_win(tiny_tokenizer, tmp_path):
+    """RefCOCO puts every sentence of an image in one batch row group; if only some of its lines reached the file,
+    the whole image is evaluated again and its fresh records replace the stale ones."""
+    write_refcoco(tmp_path / "data")
+    dataset = build_eval_dataset(str(tmp_path / "data"), "refcoco", "val")
+    assert len(dataset) == 1 and len(dataset[0].queries) == 2
+    model = tiny_eval_model(tiny_tokenizer)
+    ref = evaluate(model, tiny_tokenizer, dataset, EvalConfig(output_dir=str(tmp_path / "ref")))
+    assert [r["key"] for r in ref.records] == ["0/0", "0/1"] and ref.scores["overall"]["num_masks"] == 2
+
+    out = tmp_path / "out"
+    (out / "parts").mkdir(parents=True)
+    (out / "run.json").write_text((tmp_path / "ref" / "run.json").read_text())
+    stale = dict(read_jsonl(tmp_path / "ref" / "predictions.jsonl")[0], intersection=0, union=1)
+    (out / "parts" / "rank000.jsonl").write_text(json.dumps(stale) + "\n")
+    rows: list[int] = []
+    handle = model.register_forward_pre_hook(lambda m, args: rows.append(args[0].num_rows))
+    try:
+        res = evaluate(model, tiny_tokenizer, dataset, EvalConfig(output_dir=str(out)))
+    finally:
+        handle.remove()
+    assert rows == [2] and res.resumed == 0
+    assert res.records == ref.records
+    assert read_jsonl(out / "predictions.jsonl") == read_jsonl(tmp_path / "ref" / "predictions.jsonl")
+
+
+def test_hand_sharding_cannot_share_an_output_dir(model, tiny_tokenizer, teacher_set, tmp_path):
+    with pytest.raises(ValueError, match="cannot share an output_dir"):
+        evaluate(model, tiny_tokenizer, teacher_set, EvalConfig(output_dir=str(tmp_path)), rank=0, world_size=2)
