@@ -2,7 +2,8 @@
 
 * LoRA adapters on the language model's ``lora.target_modules`` (q_proj, v_proj by default), never inside the
   CLIP tower, the projector, SAM or the head (LoRA is injected into the language model only);
-* ``embed_tokens`` and ``lm_head`` in full (``lora.train_embeddings="full"``, the reference);
+* ``embed_tokens`` and ``lm_head`` in full (``lora.train_embeddings="full"``, the reference), or only their rows
+  for the tokens added to the base vocabulary (``"new_rows"``, see :class:`NewTokenRows`), or neither (``"none"``);
 * SAM's mask decoder and the ``[SEG]`` head;
 * frozen: CLIP, the projector, SAM's image and prompt encoders (the image encoder trains only when
   ``model.train_sam_image_encoder`` is set), and the base LM weights.
@@ -10,10 +11,12 @@
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from peft import LoraConfig as PeftLoraConfig
 from peft import inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
-from torch import nn
+from torch import Tensor, nn
 
 from read.config import ReadConfig
 from read.model.read_model import ReadModel
@@ -56,6 +59,15 @@ def set_trainable(model: ReadModel, cfg: ReadConfig) -> list[str]:
     for name, p in lm.named_parameters():
         if ".lora_" in name:
             p.requires_grad_(True)
+    if cfg.lora.train_embeddings == "new_rows":
+        spliced = [m for m in model.modules() if isinstance(m, NewTokenRows)]
+        if not spliced:
+            raise ValueError(
+                "lora.train_embeddings='new_rows' but embed_tokens/lm_head are not split: call "
+                "split_new_token_rows (prepare_for_training does) first"
+            )
+        for module in spliced:
+            module.rows.requires_grad_(True)
     return trainable_parameter_names(model)
 
 
@@ -66,6 +78,8 @@ def trainable_parameter_names(model: nn.Module) -> list[str]:
 def prepare_for_training(model: ReadModel, cfg: ReadConfig) -> list[str]:
     """LoRA + trainability + gradient checkpointing, as configured. Returns the trainable names."""
     apply_lora(model, cfg)
+    if cfg.lora.train_embeddings == "new_rows":
+        split_new_token_rows(model, cfg)
     names = set_trainable(model, cfg)
     if cfg.model.gradient_checkpointing:
         model.llava.model.language_model.gradient_checkpointing_enable(
@@ -75,13 +89,94 @@ def prepare_for_training(model: ReadModel, cfg: ReadConfig) -> list[str]:
 
 
 def merge_lora(model: nn.Module) -> int:
-    """Fold every LoRA adapter into its base layer and remove the adapter modules; returns how many."""
+    """Fold every LoRA adapter (and every :class:`NewTokenRows` split) into its base layer and remove the wrapper
+    modules, leaving the standard layout; returns how many modules were merged."""
     merged = 0
     for name, module in list(model.named_modules()):
         if isinstance(module, LoraLayer) and hasattr(module, "get_base_layer"):
             module.merge()
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, module.get_base_layer())
-            merged += 1
+            base = module.get_base_layer()
+        elif isinstance(module, NewTokenRows):
+            base = module.merged()
+        else:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, base)
+        merged += 1
     return merged
+
+
+# ----------------------------------------------------------------------------------------------------------
+# training only the new token rows (lora.train_embeddings="new_rows")
+
+
+class NewTokenRows(nn.Module):
+    """A frozen ``nn.Embedding`` or output ``nn.Linear`` whose rows for a few token ids are a separate, small
+    trainable parameter.
+
+    [FIX, SPEC 1.5 / 11] The reference trains the whole ``embed_tokens`` and ``lm_head`` (2 x V x H parameters,
+    262M for 7B, each with fp32 AdamW state). Only the rows of the added tokens (``[SEG]``, ``<im_start>``,
+    ``<im_end>``, ``<image>``) start untrained, so ``lora.train_embeddings="new_rows"`` trains just those:
+    ``rows`` is (n_new, H) and the optimiser state is n_new x H. The base rows of the vocabulary stay as in the
+    base model, unlike the reference. Both directions avoid any V x H temporary: the embedding overwrites the
+    looked-up vectors of the new ids, and the output layer overwrites the n_new logit columns with
+    ``x @ rows.T`` (no gradient for the frozen V x H weight is ever formed). :meth:`merged` writes the rows back
+    into a plain layer, so checkpoints keep the standard layout (``merge_lora`` calls it).
+
+    Arguments:
+        base: the layer to wrap, weight (V, H); frozen by the wrapper.
+        token_ids: the n_new row indices to train.
+    """
+
+    def __init__(self, base: nn.Embedding | nn.Linear, token_ids: list[int]) -> None:
+        super().__init__()
+        if not isinstance(base, (nn.Embedding, nn.Linear)):
+            raise TypeError(f"NewTokenRows wraps nn.Embedding or nn.Linear, got {type(base).__name__}")
+        num_rows = base.weight.shape[0]
+        if not token_ids or len(set(token_ids)) != len(token_ids) or not all(0 <= i < num_rows for i in token_ids):
+            raise ValueError(f"token_ids must be distinct row indices in [0, {num_rows}), got {token_ids}")
+        base.weight.requires_grad_(False)
+        self.base_layer = base
+        ids = torch.tensor(token_ids, dtype=torch.long, device=base.weight.device)
+        self.register_buffer("token_ids", ids, persistent=False)
+        self.rows = nn.Parameter(base.weight.detach()[ids].clone())  # (n_new, H)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Arguments: x: (..., ) token ids for an embedding, (..., H) features for an output layer.
+
+        Returns: (..., H) embeddings or (..., V) logits."""
+        out = self.base_layer(x)
+        if isinstance(self.base_layer, nn.Embedding):
+            hit = x.unsqueeze(-1) == self.token_ids  # (..., n_new)
+            new = F.embedding(hit.long().argmax(-1), self.rows)  # (..., H)
+            return torch.where(hit.any(-1, keepdim=True), new.to(out.dtype), out)
+        bias = None if self.base_layer.bias is None else self.base_layer.bias[self.token_ids]
+        new = F.linear(x, self.rows, bias)  # (..., n_new)
+        # in place: the frozen matmul saved its input, not its output
+        return out.index_copy_(-1, self.token_ids, new.to(out.dtype))
+
+    @torch.no_grad()
+    def merged(self) -> nn.Embedding | nn.Linear:
+        """The base layer with ``rows`` written into its weight (the wrapper should be dropped afterwards)."""
+        weight = self.base_layer.weight
+        weight.index_copy_(0, self.token_ids, self.rows.to(weight.dtype))
+        return self.base_layer
+
+
+def split_new_token_rows(model: ReadModel, cfg: ReadConfig) -> list[int]:
+    """Wrap ``embed_tokens`` and ``lm_head`` in :class:`NewTokenRows` for the rows after the base vocabulary
+    (ids ``model.text.vocab_size`` .. V-1). Returns those ids."""
+    lm = model.llava.model.language_model
+    if isinstance(lm.embed_tokens, NewTokenRows):
+        raise ValueError("embed_tokens is already split into new rows")
+    total, base_vocab = lm.embed_tokens.weight.shape[0], cfg.model.text.vocab_size
+    if not 0 < base_vocab < total:
+        raise ValueError(
+            f"lora.train_embeddings='new_rows' needs 0 < model.text.vocab_size < the number of embedding rows; "
+            f"got model.text.vocab_size={base_vocab} for {total} rows"
+        )
+    ids = list(range(base_vocab, total))
+    lm.embed_tokens = NewTokenRows(lm.embed_tokens, ids)
+    model.llava.lm_head = NewTokenRows(model.llava.lm_head, ids)
+    return ids
