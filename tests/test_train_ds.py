@@ -1,0 +1,333 @@
+"""End-to-end DeepSpeed training on the tiny model and a synthetic ReasonSeg set (one CPU process, gloo):
+loss/lr trajectory, checkpoints, resume after a crash equals an uninterrupted run, export equals the training model,
+and non-finite steps leave the optimizer untouched."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from model_utils import SEG, TINY_CONFIG, make_batch, tiny_config, tiny_model
+from read.config import load_config
+from read.data.synthetic import SyntheticConfig, make_synthetic
+from read.model import from_pretrained
+from read.model.trainable import prepare_for_training
+from read.training.checkpoint import CheckpointManager
+from read.training.engine import DistInfo, create_engine, setup_distributed
+from read.training.export import consolidated_state_dict, export_checkpoint
+from read.training.loop import (
+    NonFiniteActivation,
+    NonFiniteLossError,
+    TrainState,
+    install_nonfinite_guard,
+    train_step,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKENIZER = ROOT / "tests" / "assets" / "tiny_tokenizer"
+_DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def load_train_ds():
+    """The top-level ``train_ds.py`` as a module (imported once per session)."""
+    if "train_ds" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("train_ds", ROOT / "train_ds.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["train_ds"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["train_ds"]
+
+
+def make_data(root: Path, num_train: int = 8, num_val: int = 2) -> Path:
+    """A few 48-px synthetic ReasonSeg images (seconds)."""
+    make_synthetic(str(root), num_train, num_val, 0, seed=0, cfg=SyntheticConfig(image_size=48, min_visible_pixels=20))
+    return root
+
+
+def train_overrides(data_dir: Path, out_dir: Path, *extra: str) -> list[str]:
+    """tiny_test.yaml + the synthetic data: 2 epochs x 2 steps of batch 1, validation on 2 images."""
+    return [
+        f"model.tokenizer_path={TOKENIZER}",
+        f"data.dataset_dir={data_dir}",
+        "data.num_workers=0",
+        "data.model_max_length=512",
+        f"train.output_dir={out_dir}",
+        "train.epochs=2",
+        "train.steps_per_epoch=2",
+        "train.batch_size=1",
+        "train.grad_accumulation_steps=1",
+        "train.warmup_steps=1",
+        "train.lr=1e-3",
+        *extra,
+    ]
+
+
+def step_rows(run_dir: Path) -> dict[int, dict]:
+    """The last logged line of every step in ``metrics.jsonl`` (a replayed step is logged twice)."""
+    rows = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if row["kind"] == "step":
+            rows[row["step"]] = row
+    return rows
+
+
+def reference_lr(step: int, lr: float, warmup: int, total: int) -> float:
+    """SPEC 5 / DeepSpeed WarmupDecayLR as used by the reference: the lr of optimizer step ``step`` (1-based).
+    The scheduler starts at iteration -1 (lr = warmup_min_lr = 0) and is advanced after each step."""
+    i = step - 2
+    w = max(2, warmup)
+    if i < 0:
+        return 0.0
+    if i < w:
+        return lr * i / w
+    return lr * max(0.0, (total - i) / max(1.0, total - w))
+
+
+@pytest.fixture(scope="module")
+def ds_world():
+    """A one-process gloo world for the module; torn down (and the environment restored) afterwards."""
+    saved = {k: os.environ.get(k) for k in _DIST_ENV}
+    yield setup_distributed()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return make_data(tmp_path_factory.mktemp("synthetic"))
+
+
+@pytest.fixture(scope="module")
+def run_a(ds_world, data_dir, tmp_path_factory):
+    """An uninterrupted run (LoRA dropout on, so a resume must restore the RNG too); keeps its live engine."""
+    train_ds = load_train_ds()
+    out = tmp_path_factory.mktemp("run_a")
+    cfg = load_config(TINY_CONFIG, train_overrides(data_dir, out, "lora.dropout=0.1", "train.save_every=1"))
+    run = train_ds.setup(cfg)
+    state = train_ds.train(run)
+    return run, state, out
+
+
+def test_trains_logs_and_checkpoints(run_a):
+    run, state, out = run_a
+    assert (state.epoch, state.step_in_epoch, state.global_step, state.skipped_steps) == (2, 0, 4, 0)
+    rows = step_rows(out)
+    assert sorted(rows) == [1, 2, 3, 4]
+    for k, row in rows.items():
+        assert row["applied"] is True
+        assert row["lr"] == pytest.approx(reference_lr(k, 1e-3, 1, 4), abs=1e-12)
+        assert all(torch.isfinite(torch.tensor(row[p])) for p in ("loss", "ce_loss", "bce_loss", "dice_loss"))
+        assert row["loss"] == pytest.approx(row["ce_loss"] + 2.0 * row["bce_loss"] + 0.5 * row["dice_loss"], rel=1e-5)
+    assert [rows[k]["lr"] for k in (1, 2, 3, 4)] == [0.0, 0.0, 5e-4, 1e-3]
+    # the weights moved once the lr became positive
+    assert rows[4]["loss"] != rows[3]["loss"]
+    epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    epochs = [e for e in epochs if e["kind"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == [1, 2] and all(0.0 <= e["val_ciou"] <= 1.0 for e in epochs)
+    assert [h["epoch"] for h in state.history] == [1, 2]
+    assert state.best_ciou == max(e["val_ciou"] for e in epochs)
+    manager = CheckpointManager(out)
+    assert manager.latest().name == "step_00000004"
+    assert manager.best().name == f"step_{2 * (state.best_epoch + 1):08d}"
+    kept = sorted(p.name for p in (out / "checkpoints").iterdir() if p.is_dir())
+    assert kept == sorted({manager.latest().name, manager.best().name})  # older ones were pruned
+    assert json.loads((out / "config.json").read_text())["train"]["steps_per_epoch"] == 2
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_resume_after_crash_matches_uninterrupted_run(run_a, data_dir, tmp_path, monkeypatch):
+    """Crash at the start of step 4 (after the step-3 checkpoint, mid-epoch 2), resume with --resume auto: the
+    final step, every logged loss and the final weights equal the uninterrupted run's."""
+    _, state_a, out_a = run_a
+    train_ds = load_train_ds()
+    out = tmp_path / "run_b"
+    cfg = load_config(TINY_CONFIG, train_overrides(data_dir, out, "lora.dropout=0.1", "train.save_every=1"))
+    calls = {"n": 0}
+    real_step = train_ds.train_step
+
+    def crashing_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise _Crash
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_ds, "train_step", crashing_step)
+    with pytest.raises(_Crash):
+        train_ds.train(train_ds.setup(cfg))
+    assert CheckpointManager(out).latest().name == "step_00000003"
+    with pytest.raises(FileExistsError, match="--resume auto"):
+        train_ds.setup(cfg)  # never silently restart on top of a run
+    monkeypatch.setattr(train_ds, "train_step", real_step)
+    run = train_ds.setup(cfg, resume="auto")
+    assert (run.state.epoch, run.state.step_in_epoch, run.state.global_step) == (1, 1, 3)
+    state = train_ds.train(run)
+    assert state.global_step == state_a.global_step == 4
+    rows_a, rows_b = step_rows(out_a), step_rows(out)
+    for k in (1, 2, 3, 4):
+        for part in ("loss", "ce_loss", "bce_loss", "dice_loss", "lr"):
+            assert rows_b[k][part] == rows_a[k][part], (k, part)
+    assert [h["ciou"] for h in state.history] == [h["ciou"] for h in state_a.history]
+    wa = consolidated_state_dict(CheckpointManager(out_a).latest(), exclude_frozen=False)
+    wb = consolidated_state_dict(CheckpointManager(out).latest(), exclude_frozen=False)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_export_equals_training_model(run_a, tmp_path):
+    run, _, out = run_a
+    target = export_checkpoint(out, tmp_path / "model", checkpoint="latest")
+    for name in ("model.safetensors", "read_config.json", "tokenizer.model", "added_tokens.json"):
+        assert (target / name).is_file(), name
+    exported = from_pretrained(target)
+    names = [n for n, _ in exported.named_parameters()]
+    assert not any("lora_" in n or "base_layer" in n for n in names)
+    live = run.engine.module
+    live.eval()
+    val = run.val_set[0]
+    batch = run.collator([val])
+    with torch.no_grad():
+        a = live(batch)
+        b = exported(batch)
+    torch.testing.assert_close(b.logits, a.logits, atol=1e-5, rtol=1e-5)
+    assert len(a.pred_masks) == len(b.pred_masks) == 1
+    torch.testing.assert_close(b.pred_masks[0], a.pred_masks[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(b.loss, a.loss, atol=1e-5, rtol=1e-5)
+    # LoRA changed the model: merging it in is not a no-op
+    lora_b = [p for n, p in live.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().max() > 0 for p in lora_b)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# non-finite losses
+
+
+def _tiny_engine(world: DistInfo, gas: int, zero: str = "zero2"):
+    overrides = (
+        "sasp.enabled=false", "train.batch_size=1", f"train.grad_accumulation_steps={gas}", "train.lr=1e-2",
+        "train.warmup_steps=1", "train.epochs=1", "train.steps_per_epoch=10",
+        f"train.deepspeed_config=configs/deepspeed/{zero}.json",
+    )  # fmt: skip
+    cfg = tiny_config(*overrides)
+    model = tiny_model(*overrides)
+    prepare_for_training(model, cfg)
+    return create_engine(model, cfg, world, "fp32")
+
+
+def _batches(n: int):
+    cfg = tiny_config()
+    return [make_batch([[20 + i, SEG, 13]], [0], [(40, 50)], cfg, seed=i) for i in range(n)]
+
+
+def _snapshot(engine) -> dict:
+    import deepspeed
+
+    trainable = [(n, p) for n, p in engine.module.named_parameters() if p.requires_grad]
+    with deepspeed.zero.GatheredParameters([p for _, p in trainable], enabled=engine.zero_optimization_stage() == 3):
+        params = {n: p.detach().clone() for n, p in trainable}
+    return {
+        "params": params,
+        "optimizer": _clone_tree(engine.optimizer.state_dict()),
+        "scheduler": engine.lr_scheduler.state_dict(),
+        "lr": engine.get_lr(),
+    }
+
+
+def _same_params(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _clone_tree(x):
+    if isinstance(x, torch.Tensor):
+        return x.detach().clone()
+    if isinstance(x, dict):
+        return {k: _clone_tree(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clone_tree(v) for v in x]
+    return copy.deepcopy(x)
+
+
+def _same_tree(a, b) -> bool:
+    """Exact equality of nested dicts / lists / tensors (an optimizer state dict); other objects by repr."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same_tree(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_same_tree(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float, str, bool, type(None))):
+        return a == b
+    return repr(a) == repr(b)  # e.g. DeepSpeed's loss-scaler object
+
+
+@pytest.mark.parametrize("zero", ["zero2", pytest.param("zero3", marks=pytest.mark.slow)])
+def test_nonfinite_step_is_skipped_without_touching_optimizer_state(ds_world, zero):
+    """NaN images give a NaN loss (SasP off: the LISA path runs through to the loss)."""
+    good = _batches(5)
+    bad = replace(good[0], pixel_values=torch.full_like(good[0].pixel_values, float("nan")))
+    device = torch.device("cpu")
+    e1 = _tiny_engine(ds_world, gas=2, zero=zero)
+    assert train_step(e1, iter(good[0:2]), device).applied
+    assert train_step(e1, iter(good[2:4]), device).applied  # moments and lr are non-trivial from here on
+    before = _snapshot(e1)
+    result = train_step(e1, iter([good[4], bad]), device)  # the NaN comes after a good micro-batch
+    assert not result.applied
+    after = _snapshot(e1)
+    assert _same_params(before["params"], after["params"])
+    assert after["scheduler"] == before["scheduler"] and after["lr"] == before["lr"]
+    # the fp32 master partitions, Adam moments and step counts are unchanged (only the overflow flag is set)
+    assert (before["optimizer"].pop("overflow"), after["optimizer"].pop("overflow")) == (False, True)
+    assert _same_tree(before["optimizer"], after["optimizer"])
+    with torch.no_grad():
+        assert result.losses["loss"] == pytest.approx(float(e1.module(good[4]).loss), rel=1e-6)  # finite part only
+    # the next good step equals the same step in a run that never saw the NaN batch
+    assert train_step(e1, iter(good[0:2]), device).applied
+    e2 = _tiny_engine(ds_world, gas=2, zero=zero)
+    for window in (good[0:2], good[2:4], good[0:2]):
+        assert train_step(e2, iter(window), device).applied
+    assert _same_params(_snapshot(e1)["params"], _snapshot(e2)["params"])
+    assert e1.get_lr() == e2.get_lr()
+
+
+def test_nonfinite_streak_stops_training_with_a_clear_message():
+    state = TrainState()
+    state.record_step(False, max_nonfinite=2)
+    state.record_step(True, max_nonfinite=2)  # a good step resets the streak
+    state.record_step(False, max_nonfinite=2)
+    assert (state.global_step, state.skipped_steps, state.nonfinite_streak) == (3, 2, 1)
+    message = r"2 optimizer steps in a row .*max_nonfinite_steps=2, last at step 4\)"
+    with pytest.raises(NonFiniteLossError, match=message):
+        state.record_step(False, max_nonfinite=2)
+
+
+def test_nan_hidden_states_stop_the_forward_pass_as_nonfinite():
+    """With SasP on, NaN hidden states end the forward pass in NonFiniteActivation (which train_step skips),
+    not in SasP's input ValueError."""
+    cfg = tiny_config()
+    model = tiny_model()
+    install_nonfinite_guard(model)
+    install_nonfinite_guard(model)  # idempotent
+    batch = _batches(1)[0]
+    with torch.no_grad():
+        assert torch.isfinite(model(batch).loss)
+        bad = replace(batch, pixel_values=torch.full_like(batch.pixel_values, float("nan")))
+        with pytest.raises(NonFiniteActivation, match="non-finite SasP input"):
+            model(bad)
+    assert cfg.sasp.enabled

@@ -1,0 +1,244 @@
+#!/usr/bin/env python
+"""Train READ with DeepSpeed (SPEC 5): LoRA + full embeddings + SAM mask decoder + [SEG] head, ZeRO-2.
+
+    python train_ds.py --config configs/synthetic_tiny.yaml                       # one process (CPU: fp32)
+    torchrun --nproc_per_node 2 train_ds.py --config configs/synthetic_tiny.yaml # several processes / GPUs
+    deepspeed --include localhost:0,1 train_ds.py --config configs/read_7b_reasonseg.yaml
+    deepspeed --hostfile hostfile train_ds.py --config configs/read_13b_reasonseg.yaml   # several nodes
+    python train_ds.py --config configs/X.yaml train.lr=1e-4 --resume auto        # overrides, resume
+
+Every epoch is ``train.steps_per_epoch`` optimizer steps over the training mixture, then teacher-forced
+validation on ``data.val_dataset``/``data.val_split`` (unless ``train.eval_every_epoch=false``) and a checkpoint:
+the latest one (for ``--resume``) and the best one by validation cIoU (for ``scripts/export_model.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from read.config import ReadConfig, load_config
+from read.data.collate import ReadCollator
+from read.data.eval_sets import build_eval_dataset
+from read.data.mixture import MixtureDataset, build_train_dataset, samples_per_epoch
+from read.model.trainable import prepare_for_training
+from read.training.checkpoint import (
+    DS_TAG,
+    META_FILE,
+    STATE_FILE,
+    CheckpointManager,
+    load_rng_state,
+    read_json,
+    resolve_checkpoint,
+)
+from read.training.engine import (
+    DistInfo,
+    build_model,
+    create_engine,
+    load_tokenizer,
+    resolve_precision,
+    setup_distributed,
+    tokenizer_dir,
+)
+from read.training.logging import ProgressLogger
+from read.training.loop import NonFiniteLossError, TrainState, epoch_sampler, train_step, validate
+
+logger = logging.getLogger("train_ds")
+PATH_FIELDS = ("init_path", "tokenizer_path", "llava_path", "sam_checkpoint", "vision_tower_path")
+
+
+@dataclass
+class Run:
+    """Everything :func:`setup` builds for one training run."""
+
+    cfg: ReadConfig
+    dist: DistInfo
+    precision: str
+    engine: Any
+    tokenizer: Any
+    collator: ReadCollator
+    train_set: MixtureDataset
+    val_set: Any
+    checkpoints: CheckpointManager
+    state: TrainState
+    exclude_frozen: bool  # checkpoints hold only the trainable weights (the rest comes from model.init)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="YAML config (configs/*.yaml)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=1e-4 sasp.num_points=60")
+    p.add_argument("--resume", default=None, help="'auto' (latest checkpoint of train.output_dir, if any) or a path")
+    p.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher")
+    return p.parse_args(argv)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def setup(cfg: ReadConfig, resume: str | None = None, local_rank: int | None = None) -> Run:
+    """Process group, tokenizer, model + LoRA, DeepSpeed engine, datasets, and the resumed state if any."""
+    dist = setup_distributed(local_rank)
+    precision = resolve_precision(cfg.train.precision, dist.device)
+    run_dir = Path(cfg.train.output_dir)
+    checkpoints = CheckpointManager(run_dir, dist.rank)
+    ckpt = resolve_checkpoint(resume, run_dir) if resume else None
+    if ckpt is None and checkpoints.latest() is not None:
+        raise FileExistsError(
+            f"{run_dir} already holds checkpoints: pass --resume auto to continue that run, or set another "
+            f"train.output_dir"
+        )
+    logger.info("world size %d, device %s, precision %s", dist.world_size, dist.device, precision)
+
+    seed_everything(cfg.train.seed)
+    tokenizer = load_tokenizer(cfg)
+    model = build_model(cfg, tokenizer)  # may take the architecture from the checkpoint it loads (cfg.model)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "config.json")
+    trainable = prepare_for_training(model, cfg)
+    logger.info("%d trainable tensors, %d trainable parameters", len(trainable),
+                sum(p.numel() for p in model.parameters() if p.requires_grad))  # fmt: skip
+    engine = create_engine(model, cfg, dist, precision)
+    seed_everything(cfg.train.seed + dist.rank)  # per-rank dropout streams
+
+    collator = ReadCollator.from_config(cfg, tokenizer)
+    train_set = build_train_dataset(
+        cfg.data, samples_per_epoch(cfg.train, dist.world_size), seed=cfg.train.seed, prepare=collator.encode_sample
+    )
+    val_set = None
+    if cfg.train.eval_every_epoch:
+        d = cfg.data
+        val_set = build_eval_dataset(d.dataset_dir, d.val_dataset, d.val_split, prompts=d.eval_prompts,
+                                     seed=cfg.train.seed, protocol=d.refer_protocol)  # fmt: skip
+
+    state = TrainState()
+    exclude_frozen = cfg.model.init != "random"
+    if ckpt is not None:
+        state = load_checkpoint(engine, ckpt, dist.rank)
+        logger.info("resumed from %s at epoch %d, step %d", ckpt, state.epoch + 1, state.global_step)
+    return Run(cfg, dist, precision, engine, tokenizer, collator, train_set, val_set, checkpoints, state,
+               exclude_frozen)  # fmt: skip
+
+
+def load_checkpoint(engine: Any, ckpt: Path, rank: int) -> TrainState:
+    """Restore the engine (weights, optimizer, lr scheduler), the loop state and this rank's RNG."""
+    meta = read_json(ckpt / META_FILE)
+    path, _ = engine.load_checkpoint(str(ckpt), tag=DS_TAG, load_module_strict=not meta["exclude_frozen"])
+    if path is None:
+        raise FileNotFoundError(f"{ckpt}: DeepSpeed found no engine state under tag '{DS_TAG}'")
+    load_rng_state(ckpt, rank)
+    return TrainState.from_dict(read_json(ckpt / STATE_FILE))
+
+
+def train_loader(run: Run, epoch: int, start_step: int) -> DataLoader:
+    """This rank's micro-batches of ``epoch``, from optimizer step ``start_step`` on (see read.training.loop)."""
+    t = run.cfg.train
+    run.train_set.set_epoch(epoch)
+    sampler = epoch_sampler(len(run.train_set), rank=run.dist.rank, world_size=run.dist.world_size,
+                            batch_size=t.batch_size, grad_accumulation_steps=t.grad_accumulation_steps,
+                            start_step=start_step)  # fmt: skip
+    # its own generator: creating the loader must not draw from the global RNG that a checkpoint restores
+    generator = torch.Generator().manual_seed(t.seed + epoch)
+    return DataLoader(run.train_set, batch_size=t.batch_size, sampler=sampler, collate_fn=run.collator,
+                      num_workers=run.cfg.data.num_workers, drop_last=True, generator=generator)  # fmt: skip
+
+
+def train(run: Run) -> TrainState:
+    """Epoch loop: steps, periodic checkpoints, validation, best/latest checkpoints, progress output."""
+    t, state = run.cfg.train, run.state
+    progress = ProgressLogger(t.output_dir, run.cfg, enabled=run.dist.is_main, initial_step=state.global_step)
+    run.engine.train()
+    try:
+        while state.epoch < t.epochs:
+            progress.start_epoch(state.epoch)
+            batches = iter(train_loader(run, state.epoch, state.step_in_epoch))
+            while state.step_in_epoch < t.steps_per_epoch:
+                result = train_step(run.engine, batches, run.dist.device)
+                state.record_step(result.applied, t.max_nonfinite_steps)
+                progress.log_step(state, result)
+                mid_epoch = state.step_in_epoch < t.steps_per_epoch
+                if t.save_every and state.global_step % t.save_every == 0 and mid_epoch:
+                    save_checkpoint(run, is_best=False)
+            scores = evaluate(run) if run.val_set is not None else None
+            is_best = scores is not None and state.record_validation(scores["ciou"])
+            line = progress.end_epoch(state, scores, is_best)
+            state.history.append({"epoch": state.epoch + 1, "step": state.global_step, "summary": line,
+                                  **(scores or {})})  # fmt: skip
+            state.epoch, state.step_in_epoch = state.epoch + 1, 0
+            save_checkpoint(run, is_best=is_best)
+    finally:
+        progress.close()
+    return state
+
+
+def evaluate(run: Run) -> dict[str, float]:
+    """Teacher-forced validation on ``data.val_dataset`` / ``data.val_split`` (collective)."""
+    module = run.engine.module
+    if run.engine.zero_optimization_stage() < 3:
+        return validate(module, run.tokenizer, run.val_set, run.cfg)
+    import deepspeed  # ZeRO-3 partitions the weights: gather them for the plain forward passes of validation
+
+    with deepspeed.zero.GatheredParameters(list(module.parameters())):
+        return validate(module, run.tokenizer, run.val_set, run.cfg)
+
+
+def save_checkpoint(run: Run, is_best: bool) -> Path:
+    """Write the latest checkpoint atomically (and point ``best`` at it if ``is_best``); collective."""
+    module = run.engine.module
+    config = run.cfg.to_dict()
+    for key in PATH_FIELDS:  # the exporter may run from another directory
+        value = config["model"][key]
+        if value and Path(value).exists():
+            config["model"][key] = str(Path(value).resolve())
+    meta = {
+        "config": config,
+        "vocab_size": len(run.tokenizer),  # = embedding rows (checked when the model was built)
+        "seg_token_id": module.seg_token_id,
+        "image_token_id": module.image_token_id,
+        "tokenizer_path": str(Path(tokenizer_dir(run.cfg)).resolve()),
+        "exclude_frozen": run.exclude_frozen,
+        "precision": run.precision,
+        "world_size": run.dist.world_size,
+    }
+
+    def write(directory: Path) -> None:
+        run.engine.save_checkpoint(str(directory), tag=DS_TAG, exclude_frozen_parameters=run.exclude_frozen)
+
+    return run.checkpoints.save(run.state.global_step, write, state=run.state.to_dict(), meta=meta, is_best=is_best)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    logging.basicConfig(level=logging.INFO if main_rank else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    cfg = load_config(args.config, args.overrides)
+    run = setup(cfg, args.resume, args.local_rank)
+    try:
+        state = train(run)
+    except NonFiniteLossError as e:
+        logger.error("%s", e)
+        return 1
+    if run.dist.is_main:
+        best = "" if state.best_ciou is None else f"best cIoU {state.best_ciou:.4f} (epoch {state.best_epoch + 1})"
+        logger.info("done: %d steps, %d skipped; %s; checkpoints in %s", state.global_step, state.skipped_steps,
+                    best, run.checkpoints.root)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
