@@ -100,6 +100,10 @@ class ModelConfig:
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     gradient_checkpointing: bool = False
     train_sam_image_encoder: bool = False  # the reference freezes it; the synthetic default may train it
+    # Further parameter groups to train in full (names of read.memory.GROUPS: "vision_tower", "projector",
+    # "lm_layers", "lm_norm", "sam_image_encoder", "sam_prompt_encoder"). The reference trains none of them; a
+    # model trained from random weights (the synthetic quickstart) needs them.
+    train_extra: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -238,6 +242,10 @@ def validate(cfg: ReadConfig) -> None:
             f"data.sample_rates has {len(cfg.data.sample_rates)} entries for "
             f"{len(cfg.data.datasets)} data.datasets"
         )
+    extra_allowed = ("vision_tower", "projector", "lm_layers", "lm_norm", "sam_image_encoder", "sam_prompt_encoder")
+    unknown = [g for g in cfg.model.train_extra if g not in extra_allowed]
+    if unknown:
+        raise ValueError(f"model.train_extra: unknown group(s) {unknown}; choose from {list(extra_allowed)}")
     if cfg.lora.r < 1:
         raise ValueError("lora.r must be >= 1")
     t = cfg.train

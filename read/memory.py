@@ -215,6 +215,7 @@ def trainable_groups(cfg: ReadConfig) -> tuple[str, ...]:
         groups.append("new_rows")
     if cfg.model.train_sam_image_encoder:
         groups.append("sam_image_encoder")
+    groups += [g for g in cfg.model.train_extra if g not in groups]
     return tuple(groups)
 
 

@@ -9,8 +9,10 @@ tokens), a 3-layer LLaMA at width 192 and a 2-block SAM at 224 px; ``--tiny`` us
 ``--config`` any config. The
 images come from ``read.data.synthetic`` (160 px scenes, ReasonSeg format), written to a temporary folder. The whole
 ``read.evaluation.evaluate`` path is timed: reading and preprocessing, tokenisation, encoders, language model, SasP,
-mask decoding, metrics and the per-query records file. Batch sizes alternate over ``--repeats`` rounds (the median
-is reported) so that load from other processes hits both alike.
+mask decoding (one mask-decoder call for all ``[SEG]`` of a batch), metrics and the per-query records file. Batch
+sizes alternate over ``--repeats`` rounds (the median is reported) so that load from other processes hits both
+alike. Data loading runs in ``--num_workers`` worker processes (default 1, beside one torch thread), as eval.py
+does.
 """
 
 from __future__ import annotations
@@ -62,7 +64,13 @@ def parse_args() -> argparse.Namespace:
         default=1,
         help="torch intra-op threads; 0 = torch's default (on a small shared CPU, 1 is the most repeatable)",
     )
-    p.add_argument("--num_workers", type=int, default=0)
+    p.add_argument(
+        "--num_workers",
+        type=int,
+        default=1,
+        help="DataLoader workers, as eval.py uses them (reading, preprocessing and tokenising beside the model); "
+        "0 runs them in the timed process, where they cost the same per image at every batch size",
+    )
     return p.parse_args()
 
 

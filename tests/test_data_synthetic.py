@@ -178,3 +178,74 @@ def test_process_count_does_not_change_output(tmp_path):
     for pa, pb in zip(a, b):
         assert filecmp.cmp(pa, pb, shallow=False)
         assert filecmp.cmp(pa[:-4] + ".json", pb[:-4] + ".json", shallow=False)
+
+
+def test_chance_scores_of_a_written_split(tmp_path):
+    from read.data.synthetic import chance_scores, generate_scene
+
+    # One object per scene: picking "a random object" is picking the target.
+    one = SyntheticConfig(image_size=64, num_objects=(1, 1), long_fraction=0.0)
+    make_synthetic(str(tmp_path / "one"), 0, 6, 0, seed=3, cfg=one)
+    scores = chance_scores(str(tmp_path / "one"), "val")
+    assert scores["num_images"] == 6
+    for name in ("random_object", "all_objects"):
+        assert scores["overall"][name]["giou"] == pytest.approx(1.0, abs=1e-6)
+        assert scores["overall"][name]["num_masks"] == 6
+    assert scores["long"]["random_object"]["num_masks"] == 0
+
+    # Two non-overlapping objects: the expected IoU of a random pick is 1/2 for every scene; the union of both
+    # scores |target| / (|a| + |b|), recomputed here from the redrawn objects.
+    two = SyntheticConfig(image_size=96, num_objects=(2, 2), long_fraction=0.5)
+    make_synthetic(str(tmp_path / "two"), 0, 8, 0, seed=5, cfg=two)
+    scores = chance_scores(str(tmp_path / "two"), "val")
+    assert scores["overall"]["random_object"]["giou"] == pytest.approx(0.5, abs=1e-5)
+    want = []
+    for i in range(8):
+        _, ann, objects = generate_scene(two, "val", i, 5)
+        target = objects[ann["synthetic"]["target"]].visible.sum()
+        want.append(target / sum(int(o.visible.sum()) for o in objects))
+    assert scores["overall"]["all_objects"]["giou"] == pytest.approx(float(np.mean(want)), abs=1e-5)
+    assert scores["short"]["random_object"]["num_masks"] + scores["long"]["random_object"]["num_masks"] == 8
+    with pytest.raises(FileNotFoundError, match="synthetic_config.json"):
+        chance_scores(str(tmp_path / "missing"), "val")
+
+
+def test_explanatory_file_names_each_training_target(tmp_path):
+    make_synthetic(str(tmp_path), 10, 3, 0, seed=2)
+    root = tmp_path / "reason_seg" / "ReasonSeg"
+    items = json.loads((root / "explanatory" / "train.json").read_text())
+    assert [i["image"] for i in items] == [f"train_{k:06d}.jpg" for k in range(10)]
+    for k, item in enumerate(items):
+        _, ann = generate_item(CFG, "train", k, 2)
+        target = ann["synthetic"]["objects"][ann["synthetic"]["target"]]
+        place, name = item["outputs"].rstrip(".").split(", ")
+        assert name == f"{target['color']} {target['shape']}"
+        x, y = target["center"]
+        third = CFG.image_size / 3
+        row = "top" if y < third else "bottom" if y >= 2 * third else None
+        col = "left" if x < third else "right" if x >= 2 * third else None
+        want = {(None, None): "centre"}.get((row, col), f"{row or 'middle'} {col or 'centre'}")
+        assert place == want, (place, target["center"])
+        assert item["query"] == ann["text"][0]
+    # LISA's explanatory training reads it: with probability 1 the answer is the explanation alone (no mask).
+    ds = ReasonSegDataset(str(tmp_path), "ReasonSeg|train", templates=template_set("lisa"), explanatory=1.0)
+    s = ds.sample(np.random.default_rng(0))
+    name = s.image_path.split("/")[-1]
+    want = next(i["outputs"] for i in items if i["image"] == name)
+    assert s.queries[0].messages[-1][1] == want
+    assert s.queries[0].masks.shape[0] == 0
+
+
+def test_false_premise_queries_name_absent_objects_and_do_not_change_the_scene():
+    for i in range(12):
+        image, ann = generate_item(CFG, "train", i, 4)
+        present = {(o["color"], o["shape"]) for o in ann["synthetic"]["objects"]}
+        (query, is_sentence, answer), = ann["false_premise_QA"]
+        colour, shape = query.split(" ")
+        assert (colour, shape) not in present and (colour, shape) not in set(CFG.holdout)
+        assert is_sentence is False and answer == f"There is no {colour} {shape} in this image."
+        # the triples come from their own random stream: the scene and its query are those drawn without them
+        plain_image, plain_ann = generate_item(SyntheticConfig(**{**CFG.__dict__, "false_premise_queries": 0}),
+                                               "train", i, 4)  # fmt: skip
+        assert np.array_equal(image, plain_image) and "false_premise_QA" not in plain_ann
+        assert plain_ann["text"] == ann["text"] and plain_ann["shapes"] == ann["shapes"]

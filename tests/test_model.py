@@ -113,6 +113,30 @@ def test_trainable_set_is_exact():
     assert not any(n.startswith(("sam.image_encoder", "sam.prompt_encoder")) for n in names)
 
 
+def test_train_extra_adds_exactly_the_named_groups():
+    cfg = tiny_config("lora.enabled=false", "model.train_extra=[vision_tower,projector,lm_layers,sam_image_encoder]")
+    model = tiny_model()
+    names = set(prepare_for_training(model, cfg))
+    groups = {
+        "llava.model.vision_tower.", "llava.model.multi_modal_projector.", "llava.model.language_model.layers.",
+        "sam.image_encoder.", "sam.mask_decoder.", "seg_projector.",
+    }  # fmt: skip
+    want = {n for n, _ in model.named_parameters() if n.startswith(tuple(groups))}
+    want |= {"llava.model.language_model.embed_tokens.weight", "llava.lm_head.weight"}
+    assert names == want
+    assert "llava.model.language_model.norm.weight" not in names
+    assert not any(n.startswith("sam.prompt_encoder") or ".lora_" in n for n in names)
+    # frozen-encoder shortcuts are off once the encoders train: their gradients arrive
+    batch = make_batch([[SEG, 2]], [0], [(40, 50)], cfg)
+    model(batch).loss.backward()
+    for prefix in ("llava.model.vision_tower.", "sam.image_encoder.", "llava.model.language_model.layers."):
+        grads = [p.grad for n, p in model.named_parameters() if n.startswith(prefix)]
+        # (CLIP's last layer and post-norm get none: the projector reads layer -2, as in LLaVA)
+        assert any(g is not None and g.abs().sum() > 0 for g in grads), prefix
+    with pytest.raises(ValueError, match="model.train_extra: unknown group"):
+        tiny_config("model.train_extra=[lm_head_typo]")
+
+
 @SASP
 def test_gradients_reach_exactly_the_trainable_parts(sasp):
     cfg = tiny_config(f"sasp.enabled={sasp}")

@@ -38,6 +38,9 @@ Difficulty knobs (:class:`SyntheticConfig`; ``scripts/make_synthetic.py`` expose
 * ``rotation`` (default 15 degrees): random polygon rotation range.
 * ``background``: "plain" (default, a light grey that varies a little) or "noise" (plus Gaussian noise).
 * ``texts_per_image`` (default 1-3): phrasings per JSON.
+* ``false_premise_queries`` (default 1): ``false_premise_QA`` triples per JSON, as in SESAME's FP-Aug files: a short
+  query for a colour x shape that is not in the scene and the correcting answer "There is no <colour> <shape> in
+  this image." (READ trains on them with ``data.reason_seg_fp_prob``).
 * ``holdout`` / ``holdout_target_prob``: the held-out colour x shape combinations of the test split.
 
 Generation is deterministic: item ``i`` of a split uses ``np.random.default_rng([seed, split_id, i])``, so the output
@@ -65,6 +68,9 @@ __all__ = [
     "SyntheticConfig",
     "SceneObject",
     "generate_item",
+    "generate_scene",
+    "explanation_of",
+    "chance_scores",
     "write_split",
     "make_synthetic",
 ]
@@ -104,6 +110,7 @@ class SyntheticConfig:
     rotation: float = 15.0
     background: str = "plain"
     texts_per_image: tuple[int, int] = (1, 3)
+    false_premise_queries: int = 1  # SESAME-style false_premise_QA entries per JSON (absent colour x shape)
     holdout: tuple[tuple[str, str], ...] = (("red", "star"), ("blue", "triangle"), ("yellow", "circle"))
     holdout_target_prob: float = 0.5
     jpeg_quality: int = 95
@@ -406,6 +413,14 @@ def _combos(cfg: SyntheticConfig, split: str) -> tuple[list[tuple[str, str]], li
 
 
 def generate_item(cfg: SyntheticConfig, split: str, index: int, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """Draw one scene and its annotation (see :func:`generate_scene`, which also returns the objects)."""
+    image, annotation, _ = generate_scene(cfg, split, index, seed)
+    return image, annotation
+
+
+def generate_scene(
+    cfg: SyntheticConfig, split: str, index: int, seed: int
+) -> tuple[np.ndarray, dict[str, Any], list[SceneObject]]:
     """Draw one scene and its annotation.
 
     Arguments:
@@ -415,7 +430,8 @@ def generate_item(cfg: SyntheticConfig, split: str, index: int, seed: int) -> tu
         seed: dataset seed.
 
     Returns:
-        (P, P, 3) uint8 RGB image and the JSON dict (``text``, ``is_sentence``, ``shapes``, ``synthetic``).
+        (P, P, 3) uint8 RGB image, the JSON dict (``text``, ``is_sentence``, ``shapes``, ``synthetic``) and the
+        drawn objects (their ``visible`` masks; the target is ``annotation["synthetic"]["target"]``).
 
     Raises:
         RuntimeError: no valid scene in ``cfg.max_attempts`` tries (settings too tight).
@@ -474,16 +490,44 @@ def generate_item(cfg: SyntheticConfig, split: str, index: int, seed: int) -> tu
                 "objects": [o.describe() for o in objects],
             },
         }
-        return _render(rng, cfg, objects), annotation
+        if cfg.false_premise_queries > 0:
+            annotation["false_premise_QA"] = _false_premise_queries(cfg, split, index, seed, objects, allowed)
+        return _render(rng, cfg, objects), annotation, objects
     raise RuntimeError(
         f"synthetic: no valid {split} scene for item {index} in {cfg.max_attempts} attempts; loosen the settings "
         "(fewer or smaller objects, more occlusion, other query kinds)"
     )
 
 
-def _write_items(args: tuple[str, SyntheticConfig, str, int, int, int]) -> list[str]:
+def explanation_of(annotation: dict[str, Any], image_size: int) -> str:
+    """The answer text of an item for LISA's explanatory training (``explanatory/train.json``): where the target
+    is (a 3 x 3 region of the image) and what it is, e.g. "top left, red triangle.". A text-only answer thus starts
+    with the target's place in the position where a mask answer ("[SEG].") has its ``[SEG]``."""
+    syn = annotation["synthetic"]
+    target = syn["objects"][syn["target"]]
+    x, y = target["center"]
+    row = ("top", "middle", "bottom")[min(2, int(3 * y / image_size))]
+    col = ("left", "centre", "right")[min(2, int(3 * x / image_size))]
+    region = {("middle", "centre"): "centre"}.get((row, col), f"{row} {col}")
+    return f"{region}, {target['color']} {target['shape']}."
+
+
+def _false_premise_queries(
+    cfg: SyntheticConfig, split: str, index: int, seed: int, objects: list[SceneObject], allowed: list[tuple[str, str]]
+) -> list[list[Any]]:
+    """``[query, is_sentence, answer]`` triples about colour x shape pairs absent from the scene (own random
+    stream, so the scene and its query do not depend on this)."""
+    rng = np.random.default_rng([seed, SPLITS[split], index, 1])
+    present = {(o.color, o.shape) for o in objects}
+    absent = [c for c in allowed if c not in present]
+    order = rng.permutation(len(absent))[: cfg.false_premise_queries]
+    return [[f"{absent[i][0]} {absent[i][1]}", False, f"There is no {absent[i][0]} {absent[i][1]} in this image."]
+            for i in order.tolist()]  # fmt: skip
+
+
+def _write_items(args: tuple[str, SyntheticConfig, str, int, int, int]) -> list[tuple[str, dict[str, str]]]:
     out_dir, cfg, split, seed, start, stop = args
-    paths = []
+    written = []
     params = [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality]
     for i in range(start, stop):
         image, annotation = generate_item(cfg, split, i, seed)
@@ -492,14 +536,20 @@ def _write_items(args: tuple[str, SyntheticConfig, str, int, int, int]) -> list[
             raise OSError(f"cannot write {stem}.jpg")
         with open(stem + ".json", "w", encoding="utf-8") as f:
             f.write(json.dumps(annotation))  # json.dumps uses the C encoder, json.dump does not
-        paths.append(stem + ".jpg")
-    return paths
+        explanation = {"image": os.path.basename(stem) + ".jpg", "query": annotation["text"][0],
+                       "outputs": explanation_of(annotation, cfg.image_size)}  # fmt: skip
+        written.append((stem + ".jpg", explanation))
+    return written
 
 
 def write_split(
     out: str, split: str, num: int, cfg: SyntheticConfig, seed: int, processes: int = 1, chunk: int = 64
 ) -> list[str]:
-    """Write ``num`` items of a split under ``<out>/reason_seg/ReasonSeg/<split>/``; returns the image paths."""
+    """Write ``num`` items of a split under ``<out>/reason_seg/ReasonSeg/<split>/``; returns the image paths.
+
+    For the train split, also ``<out>/reason_seg/ReasonSeg/explanatory/train.json`` (LISA's explanatory answers,
+    used with ``data.explanatory >= 0``): one entry per image whose ``outputs`` names the target.
+    """
     split_dir = os.path.join(out, "reason_seg", "ReasonSeg", split)
     os.makedirs(split_dir, exist_ok=True)
     jobs = [(split_dir, cfg, split, seed, s, min(s + chunk, num)) for s in range(0, num, chunk)]
@@ -508,7 +558,13 @@ def write_split(
     else:
         with ProcessPoolExecutor(max_workers=processes) as pool:
             results = list(pool.map(_write_items, jobs))
-    return [p for r in results for p in r]
+    written = [item for r in results for item in r]
+    if split == "train":
+        explanatory_dir = os.path.join(out, "reason_seg", "ReasonSeg", "explanatory")
+        os.makedirs(explanatory_dir, exist_ok=True)
+        with open(os.path.join(explanatory_dir, "train.json"), "w", encoding="utf-8") as f:
+            f.write(json.dumps([e for _, e in written]))
+    return [path for path, _ in written]
 
 
 def make_synthetic(
@@ -532,3 +588,54 @@ def make_synthetic(
     with open(os.path.join(out, "reason_seg", "ReasonSeg", "synthetic_config.json"), "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=2)
     return counts
+
+
+def chance_scores(dataset_dir: str, split: str = "val") -> dict[str, Any]:
+    """What segmenting without understanding the query scores on a written split: the floor a trained model must
+    clear. The scenes are redrawn from ``synthetic_config.json`` (generation is deterministic).
+
+    Returns:
+        {"random_object": {"giou", "ciou"} (the expectation when one of the scene's objects is picked uniformly),
+        "all_objects": {"giou", "ciou"} (the union of every object), "num_images": int}, also per "short" / "long".
+    """
+    from read.metrics import intersection_union, mask_iou
+
+    root = os.path.join(dataset_dir, "reason_seg", "ReasonSeg")
+    meta_path = os.path.join(root, "synthetic_config.json")
+    if not os.path.isfile(meta_path):
+        raise FileNotFoundError(f"{meta_path} not found: chance scores need a dataset written by make_synthetic")
+    with open(meta_path, encoding="utf-8") as f:
+        meta = json.load(f)
+    raw = dict(meta["config"])
+    for key in ("num_objects", "object_size", "texts_per_image", "colors", "shapes"):
+        raw[key] = tuple(raw[key])
+    raw["holdout"] = tuple(tuple(c) for c in raw["holdout"])
+    cfg = SyntheticConfig(**raw)
+    acc = {g: {"random_object": [[], 0.0, 0.0], "all_objects": [[], 0.0, 0.0]} for g in ("overall", "short", "long")}
+    num = int(meta["counts"].get(split, 0))
+    for i in range(num):
+        _, annotation, objects = generate_scene(cfg, split, i, int(meta["seed"]))
+        target = objects[annotation["synthetic"]["target"]].visible
+        groups = ("overall", "long" if annotation["is_sentence"] else "short")
+        # Expected intersection/union of a uniformly random pick: their means over the objects.
+        pairs = [intersection_union(o.visible, target) for o in objects]
+        ious = [mask_iou(inter, union) for inter, union in pairs]
+        exp_i = float(np.mean([p[0] for p in pairs]))
+        exp_u = float(np.mean([p[1] for p in pairs]))
+        union_all = np.any([o.visible for o in objects], axis=0)
+        ui, uu = intersection_union(union_all, target)
+        for g in groups:
+            acc[g]["random_object"][0].append(float(np.mean(ious)))
+            acc[g]["random_object"][1] += exp_i
+            acc[g]["random_object"][2] += exp_u
+            acc[g]["all_objects"][0].append(mask_iou(ui, uu))
+            acc[g]["all_objects"][1] += ui
+            acc[g]["all_objects"][2] += uu
+    out: dict[str, Any] = {"num_images": num}
+    for g, by_name in acc.items():
+        out[g] = {
+            name: {"giou": float(np.mean(v[0])) if v[0] else float("nan"), "ciou": v[1] / v[2] if v[2] else 0.0,
+                   "num_masks": len(v[0])}
+            for name, v in by_name.items()
+        }  # fmt: skip
+    return out

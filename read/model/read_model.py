@@ -22,7 +22,7 @@ from read.batch import ReadBatch
 from read.config import ReadConfig
 from read.constants import IGNORE_INDEX
 from read.losses import mask_losses
-from read.model.sam import decode_masks, to_sam_frame
+from read.model.sam import decode_masks_batched, to_sam_frame
 
 
 @dataclass
@@ -237,20 +237,16 @@ class ReadModel(nn.Module):
             )
             labels = labels_out
 
-        masks_per_seg: list[Tensor | None] = [None] * k_total
-        for b in seg_images.unique().tolist():
-            idx = (seg_images == b).nonzero()[:, 0]
-            masks = decode_masks(
-                self.sam,
-                sam_embeddings[b : b + 1],
-                seg_embeddings[idx],
-                None if coords_sam is None else coords_sam[idx],
-                None if labels is None else labels[idx],
-                tuple(resized_sizes[b]),
-                tuple(original_sizes[b]),
-            )
-            for j, m in zip(idx.tolist(), masks):
-                masks_per_seg[j] = m
+        # One mask-decoder call for every [SEG] of the batch, whatever image it is about.
+        masks_per_seg = decode_masks_batched(
+            self.sam,
+            sam_embeddings[seg_images],
+            seg_embeddings,
+            coords_sam,
+            labels,
+            [tuple(resized_sizes[b]) for b in seg_images.tolist()],
+            [tuple(original_sizes[b]) for b in seg_images.tolist()],
+        )
 
         out_masks, out_coords, out_labels, out_sims = [], [], [], []
         for r in range(rows):

@@ -16,6 +16,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from torch import Tensor
 
@@ -118,38 +119,85 @@ def decode_masks(
     resized_size: tuple[int, int],
     original_size: tuple[int, int],
 ) -> Tensor:
-    """Decode K masks for one image.
+    """Decode K masks for one image (see :func:`decode_masks_batched`).
 
     Arguments:
-        sam: the SAM model.
         image_embeddings: (1, C, h, w) SAM image embedding of this image.
-        seg_embeddings: (K, C) projected ``[SEG]`` embeddings.
-        point_coords: (K, P, 2) (x, y) points in SAM's input frame, or None (LISA: no points).
-        point_labels: (K, P) labels in {1, 0, -1}, or None.
-        resized_size: (h, w) of the image inside SAM's padded input.
-        original_size: (H, W) of the original image.
+        seg_embeddings: (K, C); point_coords: (K, P, 2) or None; point_labels: (K, P) or None.
+        resized_size: (h, w) of the image inside SAM's padded input; original_size: (H, W).
 
     Returns:
         (K, H, W) float32 mask logits at the original resolution.
     """
     k = seg_embeddings.shape[0]
-    decoder_dtype = next(sam.mask_decoder.parameters()).dtype
+    masks = decode_masks_batched(
+        sam, image_embeddings.expand(k, -1, -1, -1), seg_embeddings, point_coords, point_labels,
+        [tuple(resized_size)] * k, [tuple(original_size)] * k,
+    )  # fmt: skip
+    return torch.stack(masks) if masks else seg_embeddings.new_zeros(0, *original_size, dtype=torch.float32)
+
+
+def decode_masks_batched(
+    sam: Sam,
+    image_embeddings: Tensor,
+    seg_embeddings: Tensor,
+    point_coords: Tensor | None,
+    point_labels: Tensor | None,
+    resized_sizes: list[tuple[int, int]],
+    original_sizes: list[tuple[int, int]],
+) -> list[Tensor]:
+    """Decode one mask per prompt, for prompts about any mix of images, in one mask-decoder call.
+
+    pip's ``MaskDecoder.predict_masks`` repeats a single image embedding for every prompt, so a batch of images
+    would need one call per image. Here each prompt brings its own image embedding (rows of the same image may be
+    an ``expand`` of one tensor) and the decoder's modules run once on all K prompts: the same arithmetic as
+    ``MaskDecoder.forward(..., multimask_output=False)`` followed by ``Sam.postprocess_masks`` (tested equal).
+
+    Arguments:
+        sam: the SAM model.
+        image_embeddings: (K, C, h, w) SAM image embedding of each prompt's image.
+        seg_embeddings: (K, C) projected ``[SEG]`` embeddings.
+        point_coords: (K, P, 2) (x, y) points in SAM's input frame, or None (LISA: no points).
+        point_labels: (K, P) labels in {1, 0, -1}, or None.
+        resized_sizes: K pairs (h, w), the image inside SAM's padded input.
+        original_sizes: K pairs (H, W), the original image.
+
+    Returns:
+        K float32 mask logits (H_k, W_k) at the original resolutions.
+    """
+    k = seg_embeddings.shape[0]
+    if k == 0:
+        return []
+    decoder = sam.mask_decoder
+    dtype = next(decoder.parameters()).dtype
     with torch.autocast(device_type=image_embeddings.device.type, enabled=False):
         points = None
         if point_coords is not None:
             points = (point_coords.float(), point_labels.float())
         sparse, dense = sam.prompt_encoder(points=points, boxes=None, masks=None)  # (K|1, P+1|0, C), (K|1, C, h, w)
         dense_pe = sam.prompt_encoder.get_dense_pe()  # (1, C, h, w)
-    if sparse.shape[0] != k:
-        sparse = sparse.expand(k, -1, -1)
-        dense = dense.expand(k, -1, -1, -1)
-    sparse = torch.cat([sparse.to(decoder_dtype), seg_embeddings[:, None].to(decoder_dtype)], dim=1)
-    low_res, _ = sam.mask_decoder(
-        image_embeddings=image_embeddings.to(decoder_dtype),
-        image_pe=dense_pe.to(decoder_dtype),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense.to(decoder_dtype),
-        multimask_output=False,
-    )  # (K, 1, 4h, 4w)
-    masks = sam.postprocess_masks(low_res.float(), input_size=tuple(resized_size), original_size=tuple(original_size))
-    return masks[:, 0]
+    sparse = sparse.expand(k, -1, -1).to(dtype)
+    prompts = torch.cat([sparse, seg_embeddings[:, None].to(dtype)], dim=1)  # (K, P', C): points, then [SEG]
+    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight]).to(dtype)  # (1 + M, C)
+    tokens = torch.cat([output_tokens.expand(k, -1, -1), prompts], dim=1)  # (K, 1 + M + P', C)
+    src = image_embeddings.to(dtype) + dense.to(dtype)  # (K, C, h, w)
+    pos = dense_pe.to(dtype).expand(k, -1, -1, -1)
+    _, c, h, w = src.shape
+    hs, src = decoder.transformer(src, pos, tokens)  # (K, T, C), (K, h*w, C)
+    upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(k, c, h, w))  # (K, C', 4h, 4w)
+    # Single-mask output uses the first mask token only (MaskDecoder's multimask_output=False slice).
+    hyper = decoder.output_hypernetworks_mlps[0](hs[:, 1])  # (K, C')
+    low_res = torch.einsum("kc,kchw->khw", hyper, upscaled)[:, None].float()  # (K, 1, 4h, 4w)
+
+    size = sam.image_encoder.img_size
+    full = F.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)  # (K, 1, S, S)
+    out: list[Tensor | None] = [None] * k
+    groups: dict[tuple, list[int]] = {}
+    for j in range(k):
+        groups.setdefault((tuple(resized_sizes[j]), tuple(original_sizes[j])), []).append(j)
+    for ((rh, rw), (oh, ow)), idx in groups.items():
+        crop = full[idx, :, :rh, :rw]
+        masks = F.interpolate(crop, (oh, ow), mode="bilinear", align_corners=False)[:, 0]
+        for j, m in zip(idx, masks):
+            out[j] = m
+    return out  # type: ignore[return-value]

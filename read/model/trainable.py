@@ -6,7 +6,8 @@
   for the tokens added to the base vocabulary (``"new_rows"``, see :class:`NewTokenRows`), or neither (``"none"``);
 * SAM's mask decoder and the ``[SEG]`` head;
 * frozen: CLIP, the projector, SAM's image and prompt encoders (the image encoder trains only when
-  ``model.train_sam_image_encoder`` is set), and the base LM weights.
+  ``model.train_sam_image_encoder`` is set), and the base LM weights;
+* any group named in ``model.train_extra`` (``read.memory.GROUPS`` names) trains in full on top of the above.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from peft.tuners.lora import LoraLayer
 from torch import Tensor, nn
 
 from read.config import ReadConfig
+from read.memory import group_of
 from read.model.read_model import ReadModel
 
 
@@ -59,6 +61,11 @@ def set_trainable(model: ReadModel, cfg: ReadConfig) -> list[str]:
     for name, p in lm.named_parameters():
         if ".lora_" in name:
             p.requires_grad_(True)
+    if cfg.model.train_extra:
+        extra = set(cfg.model.train_extra)
+        for name, p in model.named_parameters():
+            if group_of(name) in extra:
+                p.requires_grad_(True)
     if cfg.lora.train_embeddings == "new_rows":
         spliced = [m for m in model.modules() if isinstance(m, NewTokenRows)]
         if not spliced:
