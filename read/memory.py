@@ -207,7 +207,9 @@ def count_parameters(cfg: ReadConfig, vocab_size: int, *, with_adapters: bool = 
 
 
 def trainable_groups(cfg: ReadConfig) -> tuple[str, ...]:
-    """The groups :func:`read.model.trainable.set_trainable` makes trainable."""
+    """The parameter groups that train (:func:`read.model.trainable.set_trainable` sets ``requires_grad`` from this
+    list): the reference's set, ``sam_image_encoder`` with ``model.train_sam_image_encoder``, and
+    ``model.train_extra``."""
     groups = ["sam_mask_decoder", "seg_projector", "lora"]
     if cfg.lora.train_embeddings == "full":
         groups += ["embed_tokens", "lm_head"]

@@ -218,6 +218,8 @@ class ReadModel(nn.Module):
         seg_images = image_index[seg_rows]  # (K,)
         k_total = seg_rows.shape[0]
         n = self.num_image_tokens
+        seg_original = [tuple(original_sizes[b]) for b in seg_images.tolist()]  # (H, W) of each [SEG]'s image
+        seg_resized = [tuple(resized_sizes[b]) for b in seg_images.tolist()]
 
         coords_sam: Tensor | None = None
         labels: Tensor | None = None
@@ -226,26 +228,16 @@ class ReadModel(nn.Module):
         sims = hidden.new_zeros(k_total, 0, dtype=torch.float32)
         if self.point_prompter is not None and k_total > 0:
             image_hidden = image_token_states(hidden, input_ids, self.image_token_id, n)[seg_rows]  # (K, N, C)
-            sizes = [tuple(original_sizes[int(i)]) for i in seg_images.tolist()]
-            prompts = self.point_prompter(image_hidden, seg_hidden, sizes)
+            prompts = self.point_prompter(image_hidden, seg_hidden, seg_original)
             coords, labels_out, sims = prompts.coords, prompts.labels, prompts.sim
             coords_sam = torch.stack(
-                [
-                    to_sam_frame(coords[j], sizes[j], tuple(resized_sizes[int(seg_images[j])]))
-                    for j in range(k_total)
-                ]
+                [to_sam_frame(coords[j], seg_original[j], seg_resized[j]) for j in range(k_total)]
             )
             labels = labels_out
 
         # One mask-decoder call for every [SEG] of the batch, whatever image it is about.
         masks_per_seg = decode_masks_batched(
-            self.sam,
-            sam_embeddings[seg_images],
-            seg_embeddings,
-            coords_sam,
-            labels,
-            [tuple(resized_sizes[b]) for b in seg_images.tolist()],
-            [tuple(original_sizes[b]) for b in seg_images.tolist()],
+            self.sam, sam_embeddings[seg_images], seg_embeddings, coords_sam, labels, seg_resized, seg_original
         )
 
         out_masks, out_coords, out_labels, out_sims = [], [], [], []

@@ -20,7 +20,7 @@ from peft.tuners.lora import LoraLayer
 from torch import Tensor, nn
 
 from read.config import ReadConfig
-from read.memory import group_of
+from read.memory import group_of, trainable_groups
 from read.model.read_model import ReadModel
 
 
@@ -46,35 +46,17 @@ def has_lora(model: nn.Module) -> bool:
 
 
 def set_trainable(model: ReadModel, cfg: ReadConfig) -> list[str]:
-    """Set ``requires_grad`` on every parameter; returns the sorted trainable parameter names."""
-    for p in model.parameters():
-        p.requires_grad_(False)
-    lm = model.llava.model.language_model
-    groups: list[nn.Module] = [model.sam.mask_decoder, model.seg_projector]
-    if cfg.lora.train_embeddings == "full":
-        groups += [lm.embed_tokens, model.llava.lm_head]
-    if cfg.model.train_sam_image_encoder:
-        groups.append(model.sam.image_encoder)
-    for module in groups:
-        for p in module.parameters():
-            p.requires_grad_(True)
-    for name, p in lm.named_parameters():
-        if ".lora_" in name:
-            p.requires_grad_(True)
-    if cfg.model.train_extra:
-        extra = set(cfg.model.train_extra)
-        for name, p in model.named_parameters():
-            if group_of(name) in extra:
-                p.requires_grad_(True)
-    if cfg.lora.train_embeddings == "new_rows":
-        spliced = [m for m in model.modules() if isinstance(m, NewTokenRows)]
-        if not spliced:
-            raise ValueError(
-                "lora.train_embeddings='new_rows' but embed_tokens/lm_head are not split: call "
-                "split_new_token_rows (prepare_for_training does) first"
-            )
-        for module in spliced:
-            module.rows.requires_grad_(True)
+    """Set ``requires_grad`` on every parameter: a parameter trains when its group (:func:`read.memory.group_of`)
+    is one of :func:`read.memory.trainable_groups`, the single list that the memory estimates count as well.
+    Returns the sorted trainable parameter names."""
+    groups = set(trainable_groups(cfg))
+    if "new_rows" in groups and not any(isinstance(m, NewTokenRows) for m in model.modules()):
+        raise ValueError(
+            "lora.train_embeddings='new_rows' but embed_tokens/lm_head are not split: call "
+            "split_new_token_rows (prepare_for_training does) first"
+        )
+    for name, p in model.named_parameters():
+        p.requires_grad_(group_of(name) in groups)
     return trainable_parameter_names(model)
 
 
