@@ -28,6 +28,8 @@ class ReadBatch:
             teacher-forced rows. Rows of question-only prompts (generation) carry their query's ground truth instead
             (k_r = 1, all zero for a false premise). None at inference.
         meta: R dicts with per-row metadata (image path, question, dataset name, ...), never used by the model.
+        query_ids: (R, Q) token ids of each row's query text (IGNORE_INDEX padding; a row without a query is all
+            IGNORE_INDEX), for the optional query-word loss (``loss.query_weight``); None otherwise.
     """
 
     pixel_values: Tensor
@@ -40,6 +42,7 @@ class ReadBatch:
     labels: Tensor | None = None
     gt_masks: list[Tensor] | None = None
     meta: list[dict[str, Any]] = field(default_factory=list)
+    query_ids: Tensor | None = None
 
     @property
     def num_images(self) -> int:
@@ -64,6 +67,7 @@ class ReadBatch:
             image_index=self.image_index.to(device),
             labels=None if self.labels is None else self.labels.to(device),
             gt_masks=None if self.gt_masks is None else [m.to(device) for m in self.gt_masks],
+            query_ids=None if self.query_ids is None else self.query_ids.to(device),
         )
 
     def validate(self) -> None:
@@ -85,3 +89,5 @@ class ReadBatch:
             raise ValueError(f"labels {tuple(self.labels.shape)} != input_ids {tuple(self.input_ids.shape)}")
         if self.gt_masks is not None and len(self.gt_masks) != r:
             raise ValueError(f"gt_masks has {len(self.gt_masks)} entries for {r} rows")
+        if self.query_ids is not None and (self.query_ids.ndim != 2 or self.query_ids.shape[0] != r):
+            raise ValueError(f"query_ids must have shape ({r}, Q), got {tuple(self.query_ids.shape)}")

@@ -123,6 +123,9 @@ class LossConfig:
     ce_weight: float = 1.0
     bce_weight: float = 2.0
     dice_weight: float = 0.5
+    # Not in READ/LISA (0 = the paper's loss): the [SEG] prompt state predicts its query's words through the LM head
+    # (read.losses.query_word_loss). For models trained from random weights, e.g. the synthetic quickstart.
+    query_weight: float = 0.0
 
 
 @dataclass
@@ -227,6 +230,9 @@ class ReadConfig:
 
 def validate(cfg: ReadConfig) -> None:
     """Cross-field checks; raises ValueError naming the offending key."""
+    for name in ("ce_weight", "bce_weight", "dice_weight", "query_weight"):
+        if getattr(cfg.loss, name) < 0:
+            raise ValueError(f"loss.{name} must be >= 0, got {getattr(cfg.loss, name)}")
     s = cfg.sasp
     if not 0.0 <= s.t_neg < s.t_pos <= 1.0:
         raise ValueError(f"sasp: need 0 <= t_neg < t_pos <= 1, got t_neg={s.t_neg}, t_pos={s.t_pos}")

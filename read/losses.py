@@ -1,6 +1,6 @@
-"""Mask losses of LISA/READ (SPEC 3).
+"""Mask losses of LISA/READ (SPEC 3), and the optional query-word loss (not in READ; see :func:`query_word_loss`).
 
-Both helpers return ``sum over masks / (num_masks + 1e-8)``; the model divides by the total number of masks
+Both mask helpers return ``sum over masks / (num_masks + 1e-8)``; the model divides by the total number of masks
 in the micro-batch, so the result is the mean over masks. Images without masks add nothing.
 """
 
@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from read.constants import IGNORE_INDEX
 
 _DICE_SCALE = 1000.0
 _DICE_EPS = 1e-6
@@ -81,3 +83,37 @@ def mask_losses(pred_masks: list[Tensor], gt_masks: list[Tensor]) -> tuple[Tenso
         zero = sum(p.sum() * 0.0 for p in pred_masks)
         return zero, zero, 0
     return bce_sum / (total + 1e-8), dice_sum / (total + 1e-8), total
+
+
+def query_word_loss(seg_logits: Tensor, query_ids: Tensor) -> tuple[Tensor, int]:
+    """Auxiliary loss, not part of READ or LISA: the LM-head distribution at each ``[SEG]`` prompt position should
+    put its mass on the words of the query that ``[SEG]`` answers.
+
+    A pre-trained LLaVA's ``[SEG]`` state already carries its question; a language model trained from random
+    weights has no reason to route the question there, and the mask loss alone, which reaches the LM only through
+    SAM, teaches it too slowly (the synthetic quickstart stays at a query-blind score for thousands of steps without
+    it). Weighted by ``loss.query_weight`` (0, the paper's loss, in every released-model config).
+
+    Arguments:
+        seg_logits: (K, V) LM logits at the K ``[SEG]`` prompt positions (the states that become mask prompts).
+        query_ids: (K, Q) token ids of each ``[SEG]``'s query, IGNORE_INDEX where there is none (padding, or a
+            ``[SEG]`` without a known query).
+
+    Returns:
+        (loss, count): the mean over the ``[SEG]`` tokens with at least one query token of the mean negative
+        log-likelihood of their query tokens, and how many ``[SEG]`` tokens that was. 0 (with a graph) when none.
+    """
+    if seg_logits.ndim != 2 or query_ids.ndim != 2 or seg_logits.shape[0] != query_ids.shape[0]:
+        raise ValueError(
+            f"query_word_loss: expected (K, V) logits and (K, Q) ids, got {tuple(seg_logits.shape)} and "
+            f"{tuple(query_ids.shape)}"
+        )
+    valid = query_ids != IGNORE_INDEX  # (K, Q)
+    counts = valid.sum(1)  # (K,)
+    has_query = counts > 0
+    if not bool(has_query.any()):
+        return seg_logits.sum() * 0.0, 0
+    log_probs = F.log_softmax(seg_logits.float(), dim=-1)  # (K, V)
+    picked = log_probs.gather(1, query_ids.clamp(min=0))  # (K, Q)
+    per_seg = -(picked * valid).sum(1) / counts.clamp(min=1)  # (K,)
+    return per_seg[has_query].mean(), int(has_query.sum())

@@ -7,12 +7,24 @@ The tokenizer shipped in tests/assets/tiny_tokenizer was built with
 which trains on the built-in corpus (the question/answer templates with their placeholders filled, the system
 prompts of the conversation templates and a few extra sentences) and writes ``tokenizer.model``,
 ``added_tokens.json`` and ``tokenizer_config.json``. Training is single-threaded and deterministic.
+
+The synthetic quickstart trains its own (``scripts/quickstart.sh`` runs this):
+
+    .venv/bin/python scripts/make_tokenizer.py --out data/synthetic_quickstart/tokenizer --vocab_size 1500 \
+        --dataset data/synthetic_quickstart
+
+``--dataset`` adds the ReasonSeg-format training texts of that dataset (queries, false-premise answers,
+explanations) and repeats the system prompts, so that, as in LLaMA's vocabulary, every word the model reads is one
+or two pieces (with the 1000-piece test tokenizer, "orange" is four pieces and the system prompt ~70).
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import itertools
+import json
+import os
 import re
 from pathlib import Path
 
@@ -65,15 +77,47 @@ def builtin_corpus() -> list[str]:
     return [chunk.strip() for text in texts for chunk in _ADDED.split(text) if chunk.strip()]
 
 
+def dataset_corpus(dataset_dir: str | Path, system_repeats: int = 50) -> list[str]:
+    """Training lines from a ReasonSeg-format dataset's ``train`` JSONs (every query phrasing, false-premise queries
+    and answers) and ``explanatory/train.json``, plus each conversation template's system prompt ``system_repeats``
+    times (it begins every training row)."""
+    root = Path(dataset_dir) / "reason_seg"
+    files = sorted(glob.glob(os.path.join(root, "*", "train", "*.json")))
+    if not files:
+        raise FileNotFoundError(f"no ReasonSeg-format training JSONs under {root}/*/train/")
+    texts: list[str] = []
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            item = json.load(f)
+        texts.extend(t for t in item.get("text", []) if isinstance(t, str))
+        for triple in item.get("false_premise_QA", []) or []:
+            texts.extend(t for t in triple if isinstance(t, str))
+    explanatory = root / "explanatory" / "train.json"
+    if explanatory.is_file():
+        with open(explanatory, encoding="utf-8") as f:
+            texts.extend(e["outputs"] for e in json.load(f) if isinstance(e.get("outputs"), str))
+    for conv in CONV_TEMPLATES.values():
+        texts.extend([conv.system] * system_repeats)
+    return [t.strip() for t in texts if t.strip()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--vocab_size", type=int, default=1000, help="sentencepiece pieces (>= 300)")
     parser.add_argument("--corpus", type=Path, default=None, help="UTF-8 text file; default: the built-in corpus")
+    parser.add_argument(
+        "--dataset", type=Path, default=None, help="also train on this ReasonSeg-format dataset's training texts"
+    )
     args = parser.parse_args()
     if args.vocab_size < 300:
         parser.error(f"--vocab_size {args.vocab_size} is too small: 256 byte pieces and 3 specials come first")
     corpus = [args.corpus.read_text(encoding="utf-8")] if args.corpus else builtin_corpus()
+    if args.dataset is not None:
+        try:
+            corpus += dataset_corpus(args.dataset)
+        except FileNotFoundError as e:
+            parser.error(str(e))
     train_sentencepiece(corpus, args.vocab_size, args.out / SP_MODEL_FILE)
     tokenizer = ReadTokenizer(args.out / SP_MODEL_FILE)
     tokenizer.save_pretrained(args.out)

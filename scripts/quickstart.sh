@@ -65,12 +65,17 @@ if [ ! -f "$DATA/reason_seg/ReasonSeg/synthetic_config.json" ]; then
   stage data "$PY" scripts/make_synthetic.py --out "$DATA" --num_train 3000 --num_val 200 --num_test 0 --seed 0 \
     --image_size 128 --num_objects 3,3
 fi
+# the model's tokenizer, trained on the dataset's text (seconds; deterministic)
+if [ ! -f "$DATA/tokenizer/tokenizer.model" ]; then
+  stage tokenizer "$PY" scripts/make_tokenizer.py --out "$DATA/tokenizer" --vocab_size 1500 --dataset "$DATA"
+fi
 
 # 3-5. train, export and evaluate one model
 run_model() {  # run_model NAME CONFIG_OVERRIDES...
   local name="$1"; shift
   local dir="$OUT/$name"
   stage "train_$name" "$PY" train_ds.py --config "$CONFIG" "train.output_dir=$dir" "data.dataset_dir=$DATA" \
+    "model.tokenizer_path=$DATA/tokenizer" \
     "$@" ${OVERRIDES[@]+"${OVERRIDES[@]}"}
   stage "export_$name" "$PY" scripts/export_model.py --run "$dir" --checkpoint latest --out "$dir/model"
   stage "eval_$name" "$PY" eval.py --model "$dir/model" --dataset_dir "$DATA" --dataset ReasonSeg --split val \

@@ -14,9 +14,11 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
+from torch import Tensor
 
 from read.batch import ReadBatch
 from read.config import ReadConfig
+from read.constants import IGNORE_INDEX
 from read.data.conversation import ConversationTemplate, get_template
 from read.data.sample import ASSISTANT, DataError, Query, Sample
 from read.data.text import EncodedConversation, SampleTooLong, encode_conversation, pad_batch
@@ -51,6 +53,8 @@ class ReadCollator:
         padding_side: "right" (training, teacher forcing), "left" (batched generation) or None: left when every
             row is a generation prompt, else right.
         strict: raise on a dropped row instead of counting it.
+        query_targets: also build ``ReadBatch.query_ids`` (the tokens of each row's ``meta["query"]`` for rows with a
+            ``[SEG]``), for the optional query-word loss (``loss.query_weight > 0``).
     """
 
     def __init__(
@@ -64,6 +68,7 @@ class ReadCollator:
         max_length: int | None,
         padding_side: Literal["right", "left"] | None = None,
         strict: bool = False,
+        query_targets: bool = False,
     ) -> None:
         self.tokenizer = tokenizer
         self.template = get_template(template) if isinstance(template, str) else template
@@ -72,6 +77,7 @@ class ReadCollator:
         self.max_length = max_length
         self.padding_side = padding_side
         self.strict = strict
+        self.query_targets = query_targets
         self.stats: Counter[str] = Counter()  # dropped rows / images, per process
         # Encodings cached on a Query are reused only by a collator with the same settings.
         self._cache_key = (id(tokenizer), self.template.name, num_image_tokens, max_length)
@@ -95,6 +101,7 @@ class ReadCollator:
             max_length=cfg.data.model_max_length,
             padding_side=padding_side,
             strict=cfg.data.strict,
+            query_targets=cfg.loss.query_weight > 0,
         )
 
     # ------------------------------------------------------------------------------------------------------
@@ -189,6 +196,7 @@ class ReadCollator:
             raise EmptyBatchError(f"every row of the batch was dropped ({[s.image_path for s in samples]})")
         side = self.padding_side or ("left" if all(generation) else "right")
         input_ids, attention_mask, label_tensor = pad_batch(ids, labels, pad_id=self.tokenizer.pad_token_id, side=side)
+        query_ids = self._query_ids(meta, masks, generation) if self.query_targets else None
         batch = ReadBatch(
             pixel_values=torch.stack(pixel_values),
             sam_images=torch.stack(sam_images),
@@ -200,6 +208,20 @@ class ReadCollator:
             labels=None if all(generation) else label_tensor,
             gt_masks=masks,
             meta=meta,
+            query_ids=query_ids,
         )
         batch.validate()
         return batch
+
+    def _query_ids(self, meta: list[dict], masks: list[Tensor], generation: list[bool]) -> Tensor:
+        """(R, Q) tokens of each row's query text (no ``<s>``), IGNORE_INDEX-padded; all IGNORE_INDEX for rows without
+        ``[SEG]`` or without a string ``meta["query"]``."""
+        rows: list[list[int]] = []
+        for m, mask, gen in zip(meta, masks, generation):
+            text = m.get("query")
+            ok = not gen and mask.shape[0] > 0 and isinstance(text, str) and text.strip()
+            rows.append(self.tokenizer.encode(text.strip(), add_bos=False) if ok else [])
+        out = torch.full((len(rows), max(1, max(len(r) for r in rows))), IGNORE_INDEX, dtype=torch.long)
+        for r, ids in enumerate(rows):
+            out[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return out

@@ -21,7 +21,7 @@ from transformers import LlavaForConditionalGeneration
 from read.batch import ReadBatch
 from read.config import ReadConfig
 from read.constants import IGNORE_INDEX
-from read.losses import mask_losses
+from read.losses import mask_losses, query_word_loss
 from read.model.sam import decode_masks_batched, to_sam_frame
 
 
@@ -32,6 +32,8 @@ class ReadOutput:
     Attributes:
         loss: weighted total (None without labels / masks).
         ce_loss, bce_loss, dice_loss: the unweighted parts (None where not computed).
+        query_loss: the unweighted query-word loss (``loss.query_weight > 0`` and ``batch.query_ids`` given; not in
+            READ, see ``read.losses.query_word_loss``), else None.
         logits: (R, L, V) LM logits.
         pred_masks: R tensors (k_r, H, W) float32 mask logits at the original image size, one per ``[SEG]``.
         point_coords: R tensors (k_r, P, 2) SasP points (x, y) in original-image pixels (P = 0 without SasP).
@@ -50,6 +52,7 @@ class ReadOutput:
     point_labels: list[Tensor] = field(default_factory=list)
     similarity: list[Tensor] = field(default_factory=list)
     num_masks: int = 0
+    query_loss: Tensor | None = None
 
 
 def seg_prompt_mask(input_ids: Tensor, seg_token_id: int) -> Tensor:
@@ -297,6 +300,12 @@ class ReadModel(nn.Module):
             bce, dice, num_masks = mask_losses(masks, batch.gt_masks)
             mask_total = weights.bce_weight * bce + weights.dice_weight * dice
             total = mask_total if total is None else total + mask_total
+        query = None
+        if weights.query_weight > 0 and batch.query_ids is not None:
+            prompt_pos = seg_prompt_mask(batch.input_ids, self.seg_token_id)  # (R, L)
+            seg_rows = prompt_pos.nonzero()[:, 0]  # (K,)
+            query, _ = query_word_loss(logits[prompt_pos], batch.query_ids[seg_rows])
+            total = weights.query_weight * query if total is None else total + weights.query_weight * query
         return ReadOutput(
             loss=total,
             ce_loss=ce,
@@ -308,6 +317,7 @@ class ReadModel(nn.Module):
             point_labels=labels,
             similarity=sims,
             num_masks=num_masks,
+            query_loss=query,
         )
 
     # ------------------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 one summary line per epoch.
 
 ``<run>/metrics.jsonl`` gets one line per logged step (``{"kind": "step", "step", "epoch", "loss", "ce_loss",
-"bce_loss", "dice_loss", "lr", "grad_norm", "samples_per_s", "applied"}``) and one per epoch (``{"kind": "epoch",
+"bce_loss", "dice_loss", "query_loss", "lr", "grad_norm", "samples_per_s", "applied"}``) and one per epoch (``{"kind": "epoch",
 ...}``). A resumed run appends; a step that was replayed after a crash appears twice, the later line wins.
 """
 
@@ -108,7 +108,9 @@ class ProgressLogger:
         line = (
             f"epoch {state.epoch + 1}/{self.cfg.train.epochs} | step {state.global_step} | "
             f"loss {_fmt(summary['loss'])} (ce {_fmt(summary['ce_loss'])} bce {_fmt(summary['bce_loss'])} "
-            f"dice {_fmt(summary['dice_loss'])}) | {summary['samples_per_s']:.2f} samples/s | "
+            f"dice {_fmt(summary['dice_loss'])}"
+            f"{' query ' + _fmt(summary['query_loss']) if self.cfg.loss.query_weight > 0 else ''}) | "
+            f"{summary['samples_per_s']:.2f} samples/s | "
             f"skipped {state.skipped_steps} | {summary['minutes']:.1f} min"
         )
         if scores is not None:

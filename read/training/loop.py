@@ -32,7 +32,7 @@ from read.data.mixture import ShardedSampler
 
 logger = logging.getLogger(__name__)
 
-LOSS_PARTS = ("loss", "ce_loss", "bce_loss", "dice_loss")
+LOSS_PARTS = ("loss", "ce_loss", "bce_loss", "dice_loss", "query_loss")
 
 
 class NonFiniteLossError(RuntimeError):
