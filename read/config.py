@@ -123,8 +123,8 @@ class LossConfig:
     ce_weight: float = 1.0
     bce_weight: float = 2.0
     dice_weight: float = 0.5
-    # Not in READ/LISA (0 = the paper's loss): the [SEG] prompt state predicts its query's words through the LM head
-    # (read.losses.query_word_loss). For models trained from random weights, e.g. the synthetic quickstart.
+    # Not in READ/LISA (0 = the paper's loss): each projected [SEG] prompt predicts its query's words through a linear
+    # head (ReadModel.query_head; read.losses.query_word_loss). For models trained from random weights (quickstart).
     query_weight: float = 0.0
 
 

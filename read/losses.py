@@ -86,8 +86,8 @@ def mask_losses(pred_masks: list[Tensor], gt_masks: list[Tensor]) -> tuple[Tenso
 
 
 def query_word_loss(seg_logits: Tensor, query_ids: Tensor) -> tuple[Tensor, int]:
-    """Auxiliary loss, not part of READ or LISA: the LM-head distribution at each ``[SEG]`` prompt position should
-    put its mass on the words of the query that ``[SEG]`` answers.
+    """Auxiliary loss, not part of READ or LISA: each ``[SEG]`` prompt, read by a linear head over the vocabulary
+    (``ReadModel.query_head``), should put its mass on the words of the query that ``[SEG]`` answers.
 
     A pre-trained LLaVA's ``[SEG]`` state already carries its question; a language model trained from random
     weights has no reason to route the question there, and the mask loss alone, which reaches the LM only through
@@ -95,7 +95,7 @@ def query_word_loss(seg_logits: Tensor, query_ids: Tensor) -> tuple[Tensor, int]
     it). Weighted by ``loss.query_weight`` (0, the paper's loss, in every released-model config).
 
     Arguments:
-        seg_logits: (K, V) LM logits at the K ``[SEG]`` prompt positions (the states that become mask prompts).
+        seg_logits: (K, V) vocabulary logits of the K ``[SEG]`` prompts.
         query_ids: (K, Q) token ids of each ``[SEG]``'s query, IGNORE_INDEX where there is none (padding, or a
             ``[SEG]`` without a known query).
 

@@ -144,6 +144,12 @@ def seg_projector_params(m: ModelConfig) -> int:
     return h * h + h + h * m.out_dim + m.out_dim
 
 
+def query_head_params(cfg: ReadConfig, vocab_size: int) -> int:
+    """Linear(out_dim, vocab) of the optional query-word loss (only when ``loss.query_weight > 0``), counted with the
+    ``[SEG]`` head."""
+    return (cfg.model.out_dim + 1) * vocab_size if cfg.loss.query_weight > 0 else 0
+
+
 def lora_params(cfg: ReadConfig) -> int:
     """LoRA A (r x in) and B (out x r) for every target projection of every LM layer (0 when disabled)."""
     if not cfg.lora.enabled:
@@ -197,7 +203,7 @@ def count_parameters(cfg: ReadConfig, vocab_size: int, *, with_adapters: bool = 
         "sam_image_encoder": sam_image_encoder_params(m.sam),
         "sam_prompt_encoder": sam_prompt_encoder_params(m.sam),
         "sam_mask_decoder": sam_mask_decoder_params(m.sam),
-        "seg_projector": seg_projector_params(m),
+        "seg_projector": seg_projector_params(m) + query_head_params(cfg, vocab_size),
         "lora": lora_params(cfg) if with_adapters else 0,
         "new_rows": 0,
     }
@@ -244,6 +250,7 @@ def group_of(name: str) -> str:
         ("sam.prompt_encoder.", "sam_prompt_encoder"),
         ("sam.mask_decoder.", "sam_mask_decoder"),
         ("seg_projector.", "seg_projector"),
+        ("query_head.", "seg_projector"),
     )
     for prefix, group in prefixes:
         if name.startswith(prefix):

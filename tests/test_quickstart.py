@@ -54,4 +54,7 @@ def test_whole_quickstart_with_a_tiny_schedule(tmp_path):
     for name in ("metrics.json", "loss_curve.png", "predictions.png"):
         assert (out / "report" / name).is_file()
     timing = json.loads((out / "timing.json").read_text())
-    assert {"setup", "data", "train_read", "eval_read", "train_lisa", "eval_lisa"} <= set(timing)
+    assert {"setup", "data", "tokenizer", "train_read", "eval_read", "train_lisa", "eval_lisa"} <= set(timing)
+    assert (data / "tokenizer" / "tokenizer.model").is_file()
+    config = json.loads((out / "read" / "config.json").read_text())
+    assert config["model"]["tokenizer_path"] == str(data / "tokenizer") and config["loss"]["query_weight"] == 0.5

@@ -269,3 +269,23 @@ def test_shipped_tokenizer_is_reproducible(tiny_tokenizer_dir: Path, tmp_path: P
     spec.loader.exec_module(module)
     model = train_sentencepiece(module.builtin_corpus(), 1000, tmp_path / "tokenizer.model")
     assert model.read_bytes() == (tiny_tokenizer_dir / "tokenizer.model").read_bytes()
+
+
+def test_dataset_tokenizer_reads_every_synthetic_word_whole(tmp_path: Path) -> None:
+    """scripts/make_tokenizer.py --dataset (the quickstart's tokenizer): colour, shape and system-prompt words are
+    single pieces, the training is deterministic, and a folder without training JSONs is a clear error."""
+    from read.data.synthetic import COLORS, SHAPES, make_synthetic
+
+    spec = importlib.util.spec_from_file_location("make_tokenizer", ROOT / "scripts" / "make_tokenizer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    make_synthetic(tmp_path / "data", 60, 0, 0, seed=0)
+    corpus = module.builtin_corpus() + module.dataset_corpus(tmp_path / "data")
+    a = train_sentencepiece(corpus, 1500, tmp_path / "a" / "tokenizer.model")
+    b = train_sentencepiece(corpus, 1500, tmp_path / "b" / "tokenizer.model")
+    assert a.read_bytes() == b.read_bytes()
+    tok = ReadTokenizer(a)
+    for word in [*COLORS, *SHAPES, "segment", "image", "assistant", "questions", "helpful"]:
+        assert tok.tokenize(f"the {word}") == ["▁the", f"▁{word}"], word
+    with pytest.raises(FileNotFoundError, match="no ReasonSeg-format training JSONs"):
+        module.dataset_corpus(tmp_path / "empty")

@@ -22,6 +22,7 @@ with transformers 4.31.
 from __future__ import annotations
 
 import bisect
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -74,12 +75,25 @@ def _encode_prompt(
         if k > 0:
             ids.extend([tokenizer.image_token_id] * num_image_tokens)
             offsets.extend([(start - len(IMAGE_TOKEN), start)] * num_image_tokens)
-        # Only the first chunk keeps its <s> (the reference tokenises every chunk with <s> and drops it).
-        chunk_ids, chunk_offsets = tokenizer.encode_with_offsets(chunk, add_bos=k == 0)
+        # Only the first chunk keeps its <s> (the reference tokenises every chunk with <s> and drops it). The first
+        # chunk (system prompt + role) repeats in every row: it is tokenised once per tokenizer.
+        if k == 0:
+            chunk_ids, chunk_offsets = _encode_first_chunk(tokenizer, chunk)
+        else:
+            chunk_ids, chunk_offsets = tokenizer.encode_with_offsets(chunk, add_bos=False)
         ids.extend(chunk_ids)
         offsets.extend((start + s, start + e) for s, e in chunk_offsets)
         start += len(chunk) + len(IMAGE_TOKEN)
     return ids, offsets
+
+
+@functools.lru_cache(maxsize=64)
+def _encode_first_chunk(
+    tokenizer: ReadTokenizer, chunk: str
+) -> tuple[tuple[int, ...], tuple[tuple[int, int], ...]]:
+    """``tokenizer.encode_with_offsets(chunk, add_bos=True)``, memoised (immutable results)."""
+    ids, offsets = tokenizer.encode_with_offsets(chunk, add_bos=True)
+    return tuple(ids), tuple((int(s), int(e)) for s, e in offsets)
 
 
 def tokenize_with_image(tokenizer: ReadTokenizer, prompt: str, num_image_tokens: int) -> list[int]:
@@ -125,8 +139,11 @@ def encode_conversation(
 
     span_starts = [s for s, _ in rendered.supervised_spans]
     labels = [IGNORE_INDEX] * len(ids)
-    for k, (token_id, (start, end)) in enumerate(zip(ids, offsets)):
-        if k == 0 or token_id == tokenizer.image_token_id:  # <s> and image placeholders
+    # <s> and the image placeholders are never supervised; the placeholders precede the first supervised span
+    first = bisect.bisect_left([s for _, s in offsets], span_starts[0]) if span_starts else len(ids)
+    for k in range(max(1, first - 1), len(ids)):
+        token_id, (start, end) = ids[k], offsets[k]
+        if token_id == tokenizer.image_token_id:
             continue
         end = max(end, start + 1)  # an empty span (byte-fallback lead byte) stands for the character at ``start``
         # The last supervised span starting before ``end`` is the only one that can overlap [start, end).

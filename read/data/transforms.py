@@ -96,6 +96,10 @@ def clip_preprocess(image: np.ndarray, size: int) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
 
+_SAM_MEAN = np.asarray(SAM_PIXEL_MEAN, dtype=np.float32)
+_SAM_STD = np.asarray(SAM_PIXEL_STD, dtype=np.float32)
+
+
 def sam_resized_size(height: int, width: int, size: int) -> tuple[int, int]:
     """(h, w) after SAM's longest-side resize to ``size`` (segment_anything ``ResizeLongestSide`` rounding)."""
     scale = size * 1.0 / max(height, width)
@@ -114,13 +118,11 @@ def sam_preprocess(image: np.ndarray, size: int) -> tuple[Tensor, tuple[int, int
     """
     _check_rgb(image)
     h, w = sam_resized_size(image.shape[0], image.shape[1], size)
-    resized = np.array(Image.fromarray(image).resize((w, h), resample=Image.BILINEAR))
-    x = torch.from_numpy(resized).permute(2, 0, 1).float()  # (3, h, w)
-    mean = torch.tensor(SAM_PIXEL_MEAN).view(3, 1, 1)
-    std = torch.tensor(SAM_PIXEL_STD).view(3, 1, 1)
-    x = (x - mean) / std
-    x = torch.nn.functional.pad(x, (0, size - w, 0, size - h))
-    return x, (h, w)
+    resized = np.asarray(Image.fromarray(image).resize((w, h), resample=Image.BILINEAR))
+    # float32 arithmetic in numpy (the same IEEE operations as in torch), written into a zero-padded buffer
+    x = np.zeros((size, size, 3), dtype=np.float32)
+    x[:h, :w] = (resized.astype(np.float32) - _SAM_MEAN) / _SAM_STD
+    return torch.from_numpy(x.transpose(2, 0, 1).copy()), (h, w)
 
 
 @dataclass

@@ -116,6 +116,7 @@ def build_read_model(cfg: ReadConfig, vocab_size: int, *, seg_token_id: int, ima
         cfg,
         seg_token_id=seg_token_id,
         image_token_id=image_token_id,
+        query_head=nn.Linear(cfg.model.out_dim, vocab_size) if cfg.loss.query_weight > 0 else None,
     )
     return cast_model(model, cfg.model.dtype)
 

@@ -91,7 +91,9 @@ def image_token_states(hidden: Tensor, input_ids: Tensor, image_token_id: int, n
 
 class ReadModel(nn.Module):
     """LLaVA + SAM with ``[SEG]`` prompts; SasP point prompts when ``point_prompter`` is given (READ),
-    the ``[SEG]`` embedding alone when it is None (the LISA baseline)."""
+    the ``[SEG]`` embedding alone when it is None (the LISA baseline). ``query_head`` (Linear(out_dim, vocab)) exists
+    only for the optional query-word loss (``loss.query_weight > 0``, not in READ): it reads the projected ``[SEG]``
+    prompts, so the loss shapes what SAM receives and leaves the LM's next-token distribution alone."""
 
     def __init__(
         self,
@@ -103,6 +105,7 @@ class ReadModel(nn.Module):
         *,
         seg_token_id: int,
         image_token_id: int,
+        query_head: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.llava = llava
@@ -113,6 +116,7 @@ class ReadModel(nn.Module):
         self.seg_token_id = seg_token_id
         self.image_token_id = image_token_id
         self.num_image_tokens = config.model.vision.num_patches
+        self.query_head = query_head
 
     # ------------------------------------------------------------------------------------------------------
     # encoders
@@ -302,9 +306,12 @@ class ReadModel(nn.Module):
             total = mask_total if total is None else total + mask_total
         query = None
         if weights.query_weight > 0 and batch.query_ids is not None:
+            if self.query_head is None:
+                raise ValueError("loss.query_weight > 0 needs the model's query_head (build it with that config)")
             prompt_pos = seg_prompt_mask(batch.input_ids, self.seg_token_id)  # (R, L)
             seg_rows = prompt_pos.nonzero()[:, 0]  # (K,)
-            query, _ = query_word_loss(logits[prompt_pos], batch.query_ids[seg_rows])
+            prompts = self.seg_projector(hidden[prompt_pos])  # (K, out_dim), as predict_masks computes them
+            query, _ = query_word_loss(self.query_head(prompts), batch.query_ids[seg_rows])
             total = weights.query_weight * query if total is None else total + weights.query_weight * query
         return ReadOutput(
             loss=total,

@@ -2,8 +2,9 @@
 one summary line per epoch.
 
 ``<run>/metrics.jsonl`` gets one line per logged step (``{"kind": "step", "step", "epoch", "loss", "ce_loss",
-"bce_loss", "dice_loss", "query_loss", "lr", "grad_norm", "samples_per_s", "applied"}``) and one per epoch (``{"kind": "epoch",
-...}``). A resumed run appends; a step that was replayed after a crash appears twice, the later line wins.
+"bce_loss", "dice_loss", "query_loss", "lr", "grad_norm", "samples_per_s", "applied"}``) and one per epoch
+(``{"kind": "epoch", ...}``). A resumed run appends; a step that was replayed after a crash appears twice, the
+later line wins.
 """
 
 from __future__ import annotations
