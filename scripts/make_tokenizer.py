@@ -13,24 +13,22 @@ The synthetic quickstart trains its own (``scripts/quickstart.sh`` runs this):
     .venv/bin/python scripts/make_tokenizer.py --out data/synthetic_quickstart/tokenizer --vocab_size 1500 \
         --dataset data/synthetic_quickstart
 
-``--dataset`` adds the ReasonSeg-format training texts of that dataset (queries, false-premise answers,
-explanations) and repeats the system prompts, so that, as in LLaMA's vocabulary, every word the model reads is one
+``--dataset`` adds the ReasonSeg-format training texts of that dataset (queries, false-premise queries and
+answers) and repeats the system prompts, so that, as in LLaMA's vocabulary, every word the model reads is one
 or two pieces (with the 1000-piece test tokenizer, "orange" is four pieces and the system prompt ~70).
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
 import itertools
-import json
-import os
 import re
 from pathlib import Path
 
 from read.constants import EXTRA_TOKENS
 from read.data import templates
 from read.data.conversation import CONV_TEMPLATES
+from read.data.reason_seg import json_path_for, list_reason_seg_images, read_reason_seg_json
 from read.tokenizer import SP_MODEL_FILE, ReadTokenizer, train_sentencepiece
 
 _ADDED = re.compile("|".join(re.escape(t) for t in EXTRA_TOKENS))
@@ -78,24 +76,20 @@ def builtin_corpus() -> list[str]:
 
 
 def dataset_corpus(dataset_dir: str | Path, system_repeats: int = 50) -> list[str]:
-    """Training lines from a ReasonSeg-format dataset's ``train`` JSONs (every query phrasing, false-premise queries
-    and answers) and ``explanatory/train.json``, plus each conversation template's system prompt ``system_repeats``
-    times (it begins every training row)."""
+    """Training lines from a ReasonSeg-format dataset's ``train`` split (every query phrasing, false-premise queries
+    and answers, read with ``read.data.reason_seg``'s annotation reader), plus each conversation template's system
+    prompt ``system_repeats`` times (it begins every training row)."""
     root = Path(dataset_dir) / "reason_seg"
-    files = sorted(glob.glob(os.path.join(root, "*", "train", "*.json")))
-    if not files:
+    folders = sorted(p.name for p in root.glob("*") if (p / "train").is_dir()) if root.is_dir() else []
+    images = [path for folder in folders for path in list_reason_seg_images(str(dataset_dir), folder, ["train"])]
+    if not images:
         raise FileNotFoundError(f"no ReasonSeg-format training JSONs under {root}/*/train/")
     texts: list[str] = []
-    for path in files:
-        with open(path, encoding="utf-8") as f:
-            item = json.load(f)
-        texts.extend(t for t in item.get("text", []) if isinstance(t, str))
-        for triple in item.get("false_premise_QA", []) or []:
-            texts.extend(t for t in triple if isinstance(t, str))
-    explanatory = root / "explanatory" / "train.json"
-    if explanatory.is_file():
-        with open(explanatory, encoding="utf-8") as f:
-            texts.extend(e["outputs"] for e in json.load(f) if isinstance(e.get("outputs"), str))
+    for path in images:
+        ann = read_reason_seg_json(json_path_for(path))
+        texts.extend(ann.text)
+        for query, _, answer in ann.false_premise_qa or []:
+            texts.extend((query, answer))
     for conv in CONV_TEMPLATES.values():
         texts.extend([conv.system] * system_repeats)
     return [t.strip() for t in texts if t.strip()]
