@@ -140,7 +140,8 @@ def encode_conversation(
     span_starts = [s for s, _ in rendered.supervised_spans]
     labels = [IGNORE_INDEX] * len(ids)
     # <s> and the image placeholders are never supervised; the placeholders precede the first supervised span
-    first = bisect.bisect_left([s for _, s in offsets], span_starts[0]) if span_starts else len(ids)
+    ends = [e for _, e in offsets]
+    first = bisect.bisect_left(ends, span_starts[0]) if span_starts else len(ids)
     for k in range(max(1, first - 1), len(ids)):
         token_id, (start, end) = ids[k], offsets[k]
         if token_id == tokenizer.image_token_id:

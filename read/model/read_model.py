@@ -203,7 +203,7 @@ class ReadModel(nn.Module):
         sam_embeddings: Tensor,
         original_sizes: list[tuple[int, int]],
         resized_sizes: list[tuple[int, int]],
-    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor], Tensor]:
         """One mask per ``[SEG]`` in each row.
 
         Arguments:
@@ -215,7 +215,7 @@ class ReadModel(nn.Module):
 
         Returns:
             per-row lists of masks (k_r, H, W), point coords (k_r, P, 2), point labels (k_r, P), similarity
-            maps (k_r, N).
+            maps (k_r, N); and the (K, out_dim) projected ``[SEG]`` prompts, row-major (row 0's first).
         """
         rows = input_ids.shape[0]
         prompt_pos = seg_prompt_mask(input_ids, self.seg_token_id)  # (R, L)
@@ -258,7 +258,7 @@ class ReadModel(nn.Module):
             out_coords.append(coords[idx])
             out_labels.append(labels_out[idx])
             out_sims.append(sims[idx])
-        return out_masks, out_coords, out_labels, out_sims
+        return out_masks, out_coords, out_labels, out_sims, seg_embeddings
 
     # ------------------------------------------------------------------------------------------------------
     # forward
@@ -284,7 +284,7 @@ class ReadModel(nn.Module):
             sam_embeddings = self.encode_sam_images(batch.sam_images)
         hidden = self.language_forward(batch.input_ids, batch.attention_mask, image_features[batch.image_index])
         logits = self.llava.lm_head(hidden)  # (R, L, V)
-        masks, coords, labels, sims = self.predict_masks(
+        masks, coords, labels, sims, prompts = self.predict_masks(
             hidden, batch.input_ids, batch.image_index, sam_embeddings, batch.original_sizes, batch.resized_sizes
         )
 
@@ -308,10 +308,9 @@ class ReadModel(nn.Module):
         if weights.query_weight > 0 and batch.query_ids is not None:
             if self.query_head is None:
                 raise ValueError("loss.query_weight > 0 needs the model's query_head (build it with that config)")
-            prompt_pos = seg_prompt_mask(batch.input_ids, self.seg_token_id)  # (R, L)
-            seg_rows = prompt_pos.nonzero()[:, 0]  # (K,)
-            prompts = self.seg_projector(hidden[prompt_pos])  # (K, out_dim), as predict_masks computes them
-            query, _ = query_word_loss(self.query_head(prompts), batch.query_ids[seg_rows])
+            per_row = torch.tensor([m.shape[0] for m in masks], device=batch.query_ids.device)  # [SEG]s per row
+            query_ids = batch.query_ids.repeat_interleave(per_row, dim=0)  # (K, Q), in the prompts' row-major order
+            query, _ = query_word_loss(self.query_head(prompts), query_ids)
             total = weights.query_weight * query if total is None else total + weights.query_weight * query
         return ReadOutput(
             loss=total,
