@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The quickstart, on the CPU: set up .venv, write the synthetic reasoning-segmentation dataset, train the tiny READ
-# model with train_ds.py (DeepSpeed), export it, evaluate it with eval.py and write a report folder (metrics.json,
-# loss_curve.png, predictions.png). The last line printed is the path of metrics.json.
+# model with train_ds.py (DeepSpeed; two data-parallel processes, see below), export it, evaluate it with eval.py and
+# write a report folder (metrics.json, loss_curve.png, predictions.png). The last line printed is the path of
+# metrics.json.
 #
 #   bash scripts/quickstart.sh              # READ (SasP on)
 #   bash scripts/quickstart.sh --compare    # READ and the LISA baseline (sasp.enabled=false), same budget
@@ -70,12 +71,23 @@ if [ ! -f "$DATA/tokenizer/tokenizer.model" ]; then
   stage tokenizer "$PY" scripts/make_tokenizer.py --out "$DATA/tokenizer" --vocab_size 1500 --dataset "$DATA"
 fi
 
-# 3-5. train, export and evaluate one model
+# 3-5. train, export and evaluate one model.
+# The recipe's global batch is 16: two data-parallel processes of train.batch_size=8 (torchrun; gloo on the CPU),
+# each with half the cores. A model this small keeps a core busy with per-operation overhead rather than
+# arithmetic, so two processes on 2 cores train on about twice the images per second of one process using both.
+# With exactly one GPU, one process accumulates two micro-batches instead (the same global batch).
+if [ "$("$PY" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null)" = 1 ]; then
+  TRAIN=(env "$PY" train_ds.py); TRAIN_OVERRIDES=(train.grad_accumulation_steps=2)
+else
+  THREADS=$(( OMP_NUM_THREADS / 2 )); [ "$THREADS" -ge 1 ] || THREADS=1
+  TRAIN=(env "OMP_NUM_THREADS=$THREADS" "$PY" -m torch.distributed.run --standalone --nproc_per_node 2 train_ds.py)
+  TRAIN_OVERRIDES=()
+fi
 run_model() {  # run_model NAME CONFIG_OVERRIDES...
   local name="$1"; shift
   local dir="$OUT/$name"
-  stage "train_$name" "$PY" train_ds.py --config "$CONFIG" "train.output_dir=$dir" "data.dataset_dir=$DATA" \
-    "model.tokenizer_path=$DATA/tokenizer" \
+  stage "train_$name" "${TRAIN[@]}" --config "$CONFIG" "train.output_dir=$dir" "data.dataset_dir=$DATA" \
+    "model.tokenizer_path=$DATA/tokenizer" ${TRAIN_OVERRIDES[@]+"${TRAIN_OVERRIDES[@]}"} \
     "$@" ${OVERRIDES[@]+"${OVERRIDES[@]}"}
   stage "export_$name" "$PY" scripts/export_model.py --run "$dir" --checkpoint latest --out "$dir/model"
   stage "eval_$name" "$PY" eval.py --model "$dir/model" --dataset_dir "$DATA" --dataset ReasonSeg --split val \

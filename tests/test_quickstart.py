@@ -56,5 +56,9 @@ def test_whole_quickstart_with_a_tiny_schedule(tmp_path):
     timing = json.loads((out / "timing.json").read_text())
     assert {"setup", "data", "tokenizer", "train_read", "eval_read", "train_lisa", "eval_lisa"} <= set(timing)
     assert (data / "tokenizer" / "tokenizer.model").is_file()
+    for name in ("read", "lisa"):  # two data-parallel training processes, as the recipe's global batch assumes
+        checkpoints = out / name / "checkpoints"
+        latest = checkpoints / (checkpoints / "latest").read_text().strip()
+        assert json.loads((latest / "model_meta.json").read_text())["world_size"] == 2
     config = json.loads((out / "read" / "config.json").read_text())
-    assert config["model"]["tokenizer_path"] == str(data / "tokenizer") and config["loss"]["query_weight"] == 0.5
+    assert config["model"]["tokenizer_path"] == str(data / "tokenizer") and config["loss"]["query_weight"] == 1.0
