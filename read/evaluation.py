@@ -424,7 +424,7 @@ def _score_batch(
     run = replace(batch, labels=None, gt_masks=None).to(_model_device(model))
     new_tokens = None
     if cfg.mode == "teacher":
-        out = model(run)
+        out = model(run, return_logits=False)  # scoring reads the masks only
     else:
         new_tokens, out = model.generate(
             run,

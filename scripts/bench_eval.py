@@ -10,8 +10,10 @@ tokens), a 3-layer LLaMA at width 192 and a 2-block SAM at 224 px; ``--tiny`` us
 images come from ``read.data.synthetic`` (160 px scenes, ReasonSeg format), written to a temporary folder. The whole
 ``read.evaluation.evaluate`` path is timed: reading and preprocessing, tokenisation, encoders, language model, SasP,
 mask decoding (one mask-decoder call for all ``[SEG]`` of a batch), metrics and the per-query records file. Batch
-sizes alternate over ``--repeats`` rounds (the median is reported) so that load from other processes hits both
-alike. Data loading runs in the timed process unless ``--num_workers`` says otherwise.
+sizes alternate over ``--repeats`` rounds so that load from other processes hits both alike; the report gives each
+batch size's median rate and the median of the per-round speed-ups (each round's rates are measured back to back,
+so a slow spell of a shared machine cancels out of its ratio). Data loading runs in the timed process unless
+``--num_workers`` says otherwise.
 """
 
 from __future__ import annotations
@@ -52,11 +54,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--config", default=None, help="model config (default: the bench sizes on configs/tiny_test.yaml)")
     p.add_argument("--tiny", action="store_true", help="the unit tests' model (configs/tiny_test.yaml) as it is")
     p.add_argument("--tokenizer", default=str(ROOT / "tests" / "assets" / "tiny_tokenizer"))
-    p.add_argument("--images", type=int, default=48)
+    p.add_argument("--images", type=int, default=192, help="images per timed run (longer runs average out noise)")
     p.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 8])
     p.add_argument("--mode", choices=("teacher", "generate"), default="teacher")
     p.add_argument("--max_new_tokens", type=int, default=8)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument(
         "--threads",
         type=int,
@@ -116,11 +118,16 @@ def main() -> int:
         f"SAM {cfg.model.sam.image_size}px; {args.images} images (160 px); mode {args.mode}; "
         f"threads {torch.get_num_threads()}; workers {args.num_workers}"
     )
-    base = statistics.median(rates[args.batch_sizes[0]])
+    first = args.batch_sizes[0]
+    base = statistics.median(rates[first])
     for b in args.batch_sizes:
         med = statistics.median(rates[b])
         runs = ", ".join(f"{r:.2f}" for r in rates[b])
         print(f"batch {b:>3}: {med:7.2f} images/s (median of {args.repeats}: {runs})  x{med / base:.2f}")
+    for b in args.batch_sizes[1:]:
+        ratios = [fast / slow for fast, slow in zip(rates[b], rates[first])]
+        runs = ", ".join(f"{r:.2f}" for r in ratios)
+        print(f"batch {b:>3} vs {first}: x{statistics.median(ratios):.2f} (median of the per-round speed-ups: {runs})")
     return 0
 
 

@@ -8,7 +8,7 @@ import torch
 
 from model_utils import IMAGE, SEG, VOCAB, make_batch, tiny_config, tiny_model
 from read.model import from_pretrained, save_pretrained
-from read.model.read_model import seg_prompt_mask
+from read.model.read_model import is_right_padded, seg_prompt_mask
 from read.model.trainable import merge_lora, prepare_for_training, trainable_parameter_names
 
 SASP = pytest.mark.parametrize("sasp", ["true", "false"], ids=["read", "lisa"])
@@ -307,3 +307,68 @@ def test_bf16_cast_keeps_rope_frequencies_and_prompt_encoder_in_fp32():
         if n in ref:
             assert b.dtype == torch.float32 and torch.equal(b, ref[n]), n
     assert all(p.dtype == torch.float32 for p in model.sam.prompt_encoder.parameters())
+
+
+def test_is_right_padded():
+    assert is_right_padded(torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0]]))
+    assert is_right_padded(torch.ones(1, 4, dtype=torch.bool))
+    assert not is_right_padded(torch.tensor([[1, 1, 1], [0, 1, 1]]))  # left padding (generation)
+    assert not is_right_padded(torch.tensor([[1, 0, 1]]))
+
+
+@SASP
+def test_right_padded_batches_skip_the_padding_mask_with_the_same_result(sasp, monkeypatch):
+    """Right padding under a causal mask: the literal path (the padding mask passed to the LM) and the fast one
+    (no padding mask) agree on every real token's logits and on every mask."""
+    import read.model.read_model as rm
+
+    cfg = tiny_config(f"sasp.enabled={sasp}")
+    model = tiny_model(f"sasp.enabled={sasp}").eval()
+    batch = make_batch([[SEG, 13], [21, 22, 23, 24, SEG, 25, 26], [SEG]], [0, 1, 1], [(40, 50), (30, 20)], cfg)
+    assert is_right_padded(batch.attention_mask) and not bool(batch.attention_mask.all())
+    seen = []
+    hook = model.llava.model.language_model.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs["attention_mask"]), with_kwargs=True
+    )
+    with torch.no_grad():
+        fast = model(batch)
+        monkeypatch.setattr(rm, "is_right_padded", lambda mask: False)
+        literal = model(batch)
+    hook.remove()
+    assert seen[0] is None and seen[1] is batch.attention_mask
+    real = batch.attention_mask.bool()
+    torch.testing.assert_close(fast.logits[real], literal.logits[real], atol=1e-6, rtol=1e-5)
+    for a, b in zip(fast.pred_masks, literal.pred_masks):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast.loss, literal.loss, atol=1e-6, rtol=1e-5)
+
+
+def test_left_padded_rows_keep_the_padding_mask():
+    cfg = tiny_config()
+    model = tiny_model().eval()
+    batch = make_batch([[SEG, 13], [21, 22, 23, SEG]], [0, 0], [(40, 50)], cfg, with_targets=False)
+    shift = int((batch.attention_mask[0] == 0).sum())  # move row 0's padding to its front
+    batch.input_ids[0] = batch.input_ids[0].roll(shift)
+    batch.attention_mask[0] = batch.attention_mask[0].roll(shift)
+    seen = []
+    hook = model.llava.model.language_model.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs["attention_mask"]), with_kwargs=True
+    )
+    with torch.no_grad():
+        model(batch)
+    hook.remove()
+    assert seen[0] is batch.attention_mask
+
+
+def test_return_logits_false_skips_only_the_lm_head():
+    cfg = tiny_config()
+    model = tiny_model().eval()
+    batch = make_batch([[SEG, 13], [21, SEG]], [0, 0], [(40, 50)], cfg, with_targets=False)
+    with torch.no_grad():
+        full = model(batch)
+        lean = model(batch, return_logits=False)
+        trained = model(make_batch([[SEG, 13]], [0], [(40, 50)], cfg), return_logits=False)
+    assert full.logits.shape == (2, batch.input_ids.shape[1], VOCAB) and lean.logits is None
+    for a, b in zip(full.pred_masks, lean.pred_masks):
+        assert torch.equal(a, b)
+    assert trained.logits is not None and trained.ce_loss is not None  # labels need the logits

@@ -34,7 +34,7 @@ class ReadOutput:
         ce_loss, bce_loss, dice_loss: the unweighted parts (None where not computed).
         query_loss: the unweighted query-word loss (``loss.query_weight > 0`` and ``batch.query_ids`` given; not in
             READ, see ``read.losses.query_word_loss``), else None.
-        logits: (R, L, V) LM logits.
+        logits: (R, L, V) LM logits; None when the pass was asked for none (``return_logits=False``, no labels).
         pred_masks: R tensors (k_r, H, W) float32 mask logits at the original image size, one per ``[SEG]``.
         point_coords: R tensors (k_r, P, 2) SasP points (x, y) in original-image pixels (P = 0 without SasP).
         point_labels: R tensors (k_r, P) point labels in {1, 0, -1}.
@@ -46,7 +46,7 @@ class ReadOutput:
     ce_loss: Tensor | None
     bce_loss: Tensor | None
     dice_loss: Tensor | None
-    logits: Tensor
+    logits: Tensor | None
     pred_masks: list[Tensor]
     point_coords: list[Tensor] = field(default_factory=list)
     point_labels: list[Tensor] = field(default_factory=list)
@@ -67,6 +67,12 @@ def seg_prompt_mask(input_ids: Tensor, seg_token_id: int) -> Tensor:
     mask = torch.zeros_like(input_ids, dtype=torch.bool)
     mask[:, :-1] = input_ids[:, 1:] == seg_token_id
     return mask
+
+
+def is_right_padded(attention_mask: Tensor) -> bool:
+    """True when every row of ``attention_mask`` (R, L) is its real tokens followed by padding (or no padding)."""
+    m = attention_mask.bool()
+    return bool((m[:, 1:] <= m[:, :-1]).all())
 
 
 def image_token_states(hidden: Tensor, input_ids: Tensor, image_token_id: int, num_tokens: int) -> Tensor:
@@ -187,8 +193,15 @@ class ReadModel(nn.Module):
         inputs_embeds = self.embed_inputs(input_ids, image_features)
         # positions count real tokens only, so left-padded rows get the positions generate() gives them
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        mask: Tensor | None = attention_mask
+        if is_right_padded(attention_mask):
+            # Padding only at the end of the rows: the causal mask already hides it from every real token, so the
+            # padding mask changes nothing but the (unused) states of the padding itself. Without it attention
+            # takes the plain causal path, as a batch of one does (faster, and batch = 1 and batch > 1 run the same
+            # kernel).
+            mask = None
         out = self.llava.model.language_model(
-            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=position_ids, use_cache=False
         )
         return out.last_hidden_state
 
@@ -268,6 +281,7 @@ class ReadModel(nn.Module):
         batch: ReadBatch,
         image_features: Tensor | None = None,
         sam_embeddings: Tensor | None = None,
+        return_logits: bool = True,
     ) -> ReadOutput:
         """Teacher-forced forward pass: LM logits and one mask per ``[SEG]`` in the inputs, plus the losses
         when ``batch.labels`` / ``batch.gt_masks`` are given.
@@ -276,6 +290,8 @@ class ReadModel(nn.Module):
             batch: the inputs.
             image_features: optional cached (B, N, C) output of :meth:`encode_images`.
             sam_embeddings: optional cached (B, C_p, h, w) output of :meth:`encode_sam_images`.
+            return_logits: False skips the LM head when no labels need it (teacher-forced evaluation reads only
+                the masks): (R, L, V) logits are the largest activation of a 7B pass (~0.7 GB at batch 8 in fp32).
         """
         batch.validate()
         if image_features is None:
@@ -283,7 +299,7 @@ class ReadModel(nn.Module):
         if sam_embeddings is None:
             sam_embeddings = self.encode_sam_images(batch.sam_images)
         hidden = self.language_forward(batch.input_ids, batch.attention_mask, image_features[batch.image_index])
-        logits = self.llava.lm_head(hidden)  # (R, L, V)
+        logits = self.llava.lm_head(hidden) if return_logits or batch.labels is not None else None  # (R, L, V)
         masks, coords, labels, sims, prompts = self.predict_masks(
             hidden, batch.input_ids, batch.image_index, sam_embeddings, batch.original_sizes, batch.resized_sizes
         )
