@@ -77,7 +77,7 @@ fi
 # arithmetic, so two processes on 2 cores train on about twice the images per second of one process using both.
 # With exactly one GPU, one process accumulates two micro-batches instead (the same global batch).
 if [ "$("$PY" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null)" = 1 ]; then
-  TRAIN=(env "$PY" train_ds.py); TRAIN_OVERRIDES=(train.grad_accumulation_steps=2)
+  TRAIN=("$PY" train_ds.py); TRAIN_OVERRIDES=(train.grad_accumulation_steps=2)
 else
   THREADS=$(( OMP_NUM_THREADS / 2 )); [ "$THREADS" -ge 1 ] || THREADS=1
   TRAIN=(env "OMP_NUM_THREADS=$THREADS" "$PY" -m torch.distributed.run --standalone --nproc_per_node 2 train_ds.py)
