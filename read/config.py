@@ -116,6 +116,9 @@ class SaspConfig:
     t_neg: float = 0.2
     down_sample: int = 2
     dtoc_radius: int = 10  # soft-argmax window half-size in pixels (weights vanish beyond ~9.4 px)
+    # Refine the integer points by DtoC's soft-argmax (READ); false keeps the discrete cell-centre points, which
+    # carry no gradient to the similarity map (the paper's "discrete points" ablation).
+    dtoc: bool = True
 
 
 @dataclass

@@ -46,6 +46,7 @@ from read.data.collate import ReadCollator
 from read.data.sample import Sample
 from read.metrics import IGNORE_VALUE, SegmentationMeter, existence_accuracy, intersection_union
 from read.model.read_model import ReadModel, ReadOutput
+from read.pointing import query_pointing, summarize_pointing, would_be_points
 from read.tokenizer import ReadTokenizer
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ __all__ = [
     "MODES",
     "ResumeMismatchError",
     "evaluate",
+    "format_pointing",
     "format_table",
     "gather_records",
     "load_records",
@@ -79,7 +81,7 @@ VIS_DIR = "vis"
 # goes to the per-query file.
 LIGHT_FIELDS = (
     "key", "index", "query_index", "queries_in_image", "subset", "scored", "intersection", "union", "gt_area",
-    "pred_area", "gt_exists", "pred_exists",
+    "pred_area", "gt_exists", "pred_exists", "pointing",
 )  # fmt: skip
 
 
@@ -221,7 +223,7 @@ def query_record(
 
 
 def _light(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: record[k] for k in LIGHT_FIELDS}
+    return {k: record.get(k) for k in LIGHT_FIELDS}
 
 
 def _repair_jsonl(path: Path) -> None:
@@ -365,6 +367,7 @@ def summarize(records: Sequence[dict[str, Any]], mode: str) -> dict[str, Any]:
         known = [r for r in records if r["gt_exists"] is not None]
         see = existence_accuracy([r["pred_exists"] for r in known], [r["gt_exists"] for r in known])
     out["see"] = see
+    out["pointing"] = summarize_pointing(r.get("pointing") for r in scored)
     out["num_images"] = len({r["index"] for r in records})
     out["num_queries"] = len(records)
     out["num_scored"] = len(scored)
@@ -385,7 +388,25 @@ def format_table(results: dict[str, EvalResult], title: str = "") -> str:
             lines.append(
                 f"{mode:<9} {name:<8} {100 * s['giou']:7.2f} {100 * s['ciou']:7.2f} {s['num_masks']:8d} {see_txt}"
             )
+    for mode, res in results.items():
+        lines += [f"{mode:<9} {line}" for line in format_pointing(res.scores.get("pointing"))]
     return "\n".join(lines)
+
+
+def format_pointing(p: dict[str, Any] | None) -> list[str]:
+    """Lines describing :func:`read.pointing.summarize_pointing` figures (none without a similarity map)."""
+    if not p or not p["num_queries"]:
+        return []
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.1f} %"
+
+    return [
+        f"pointing: the similarity map's peak is inside the target for {pct(p['peak_in_target'])} of "
+        f"{p['num_queries']} queries",
+        f"pointing: positive points inside the target {pct(p['pos_in_target'])} ({p['pos_points_per_query']:.2f} a "
+        f"query), negative points outside {pct(p['neg_outside'])} ({p['neg_points_per_query']:.2f} a query)",
+    ]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -457,6 +478,10 @@ def _score_batch(
             if tokenizer.eos_token_id in ids:
                 ids = ids[: ids.index(tokenizer.eos_token_id)]
             extra["text"] = tokenizer.decode(ids, skip_special_tokens=True)
+        if logits.shape[0] > 0 and gt is not None:  # where the [SEG]'s similarity map points (read.pointing)
+            sasp, clip = model.config.sasp, model.config.model.vision.image_size
+            extra["pointing"] = query_pointing(out.similarity[r][0], gt, out.point_coords[r][0],
+                                               out.point_labels[r][0], sasp, clip)  # fmt: skip
         if cfg.save_masks:
             extra["mask_rle"] = rle_encode(pred) if pred is not None else None
             if logits.shape[0] > 0 and out.point_coords[r].shape[1] > 0:
@@ -481,9 +506,10 @@ def _score_batch(
 
 
 def _write_pictures(
-    records: list[dict[str, Any]], batch: ReadBatch, out: ReadOutput, directory: Path, clip_size: int, limit: int
+    records: list[dict[str, Any]], batch: ReadBatch, out: ReadOutput, directory: Path, model: ReadModel, limit: int
 ) -> None:
-    """One PNG per row of the first ``limit`` images: image | ground truth | prediction | similarity + points."""
+    """One PNG per row of the first ``limit`` images: image | ground truth | prediction | similarity + points (for a
+    model without SasP, the points SasP would place from its map)."""
     from read.data.transforms import load_image
     from read.viz import draw_points, mask_overlay, save_png, similarity_heatmap
 
@@ -496,12 +522,12 @@ def _write_pictures(
         logits = out.pred_masks[r]
         pred = (logits[0] > 0).cpu().numpy() if logits.shape[0] else np.zeros(image.shape[:2], dtype=bool)
         panels = [image, mask_overlay(image, gt_mask, colour=(0, 255, 0)), mask_overlay(image, pred)]
+        clip_size = model.config.model.vision.image_size
         if logits.shape[0] and out.similarity[r].shape[-1] > 0:
-            panels.append(
-                similarity_heatmap(
-                    image, out.similarity[r][0], clip_size, out.point_coords[r][0], out.point_labels[r][0]
-                )
-            )
+            coords, labels = out.point_coords[r][0], out.point_labels[r][0]
+            if coords.shape[0] == 0:
+                coords, labels = would_be_points(out.similarity[r][0], image.shape[:2], model.config.sasp, clip_size)
+            panels.append(similarity_heatmap(image, out.similarity[r][0], clip_size, coords, labels))
         elif logits.shape[0] and out.point_coords[r].shape[1] > 0:
             panels.append(draw_points(image, out.point_coords[r][0], out.point_labels[r][0]))
         name = rec["key"].replace("/", "_") + ".png"
@@ -637,7 +663,7 @@ def _run_shard(
             for batch in loader:
                 records, out = _score_batch(model, batch, tokenizer, cfg)
                 if out_dir is not None and cfg.vis and any(r["index"] < cfg.vis for r in records):
-                    _write_pictures(records, batch, out, out_dir / VIS_DIR, model_cfg.vision.image_size, cfg.vis)
+                    _write_pictures(records, batch, out, out_dir / VIS_DIR, model, cfg.vis)
                 if part is not None:  # one write per batch, flushed: a kill loses at most this batch
                     part.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
                     part.flush()

@@ -165,6 +165,7 @@ def select_points(
     down_sample: int = 2,
     dtoc_radius: int = 10,
     clip_size: int = 336,
+    dtoc: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Point prompts from similarity maps (SPEC 2.3-2.7), batched over B maps of mixed image sizes.
 
@@ -191,6 +192,7 @@ def select_points(
         dtoc_radius: half-size in pixels of the soft-argmax window.
         clip_size: CLIP input side, used to undo its centre crop (336 for ViT-L/14-336; tiny test models use
             their own, e.g. 32). The model passes ``cfg.model.vision.image_size``.
+        dtoc: refine by DtoC; False returns the integer points as floats, with no gradient to ``sim``.
 
     Returns:
         coords: (B, K, 2) (x, y) in original-image pixels, float32 (float64 for float64 ``sim``).
@@ -229,6 +231,8 @@ def select_points(
         centre = torch.stack([coarse_geo.width // 2, coarse_geo.height // 2], -1)  # (B, 2)
         pixels = torch.where(flat[:, None, None], centre[:, None, :], pixels)
 
+        if not dtoc:
+            return pixels.to(sim.dtype), labels
         # Map A and DtoC.
         norm, _ = _min_max(sim)  # (B, N)
         coords = _refine(pixels, norm.view(batch, side, side), clip_geo, clip_size, dtoc_radius)
@@ -250,6 +254,7 @@ class SasP(nn.Module):
         down_sample: int = 2,
         dtoc_radius: int = 10,
         clip_size: int = 336,
+        dtoc: bool = True,
     ) -> None:
         super().__init__()
         _check_hparams(num_points, t_pos, t_neg, down_sample, dtoc_radius, clip_size)
@@ -259,6 +264,7 @@ class SasP(nn.Module):
         self.down_sample = down_sample
         self.dtoc_radius = dtoc_radius
         self.clip_size = clip_size
+        self.dtoc = dtoc
 
     @classmethod
     def from_config(cls, cfg: SaspConfig, clip_size: int) -> SasP:
@@ -270,6 +276,7 @@ class SasP(nn.Module):
             down_sample=cfg.down_sample,
             dtoc_radius=cfg.dtoc_radius,
             clip_size=clip_size,
+            dtoc=cfg.dtoc,
         )
 
     def forward(
@@ -295,13 +302,15 @@ class SasP(nn.Module):
             down_sample=self.down_sample,
             dtoc_radius=self.dtoc_radius,
             clip_size=self.clip_size,
+            dtoc=self.dtoc,
         )
         return PointPrompts(coords=coords, labels=labels, sim=sim.float())
 
     def extra_repr(self) -> str:
         return (
             f"num_points={self.num_points}, t_pos={self.t_pos}, t_neg={self.t_neg}, "
-            f"down_sample={self.down_sample}, dtoc_radius={self.dtoc_radius}, clip_size={self.clip_size}"
+            f"down_sample={self.down_sample}, dtoc_radius={self.dtoc_radius}, clip_size={self.clip_size}, "
+            f"dtoc={self.dtoc}"
         )
 
 

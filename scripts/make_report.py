@@ -50,8 +50,9 @@ def read_eval_results(eval_dir: str | Path, mode: str = "teacher") -> dict[str, 
         mode: "teacher" or "generate".
 
     Returns:
-        {"overall"|"short"|"long": {"giou", "ciou", "num_masks"}, "num_images": int}; groups missing from the
-        results are left out.
+        {"overall"|"short"|"long": {"giou", "ciou", "num_masks"}, "num_images": int, "pointing": {...}}; groups
+        missing from the results are left out, and "pointing" (``read.pointing.summarize_pointing``) when the run
+        has no similarity maps.
     """
     path = Path(eval_dir) / "results.json"
     if not path.is_file():
@@ -72,6 +73,8 @@ def read_eval_results(eval_dir: str | Path, mode: str = "teacher") -> dict[str, 
     if "overall" not in out:
         raise ValueError(f"{path}: the '{mode}' results have no 'overall' scores")
     out["num_images"] = int(scores.get("num_images", 0))
+    if isinstance(scores.get("pointing"), dict) and scores["pointing"].get("num_queries"):
+        out["pointing"] = scores["pointing"]
     return out
 
 
@@ -131,6 +134,10 @@ def read_scalars(train_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
                     v = float(value.simple_value)
                 series.setdefault(value.tag, {})[int(event.step)] = v
     return {tag: sorted(points.items()) for tag, points in series.items()}
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"
 
 
 def loss_tags(scalars: dict[str, list[tuple[int, float]]]) -> list[str]:
@@ -282,34 +289,67 @@ def _pad_to(panel: np.ndarray, width: int) -> np.ndarray:
     return np.concatenate([panel, pad], axis=1)
 
 
+def _run_picture(record: dict[str, Any], eval_dir: str | Path, mode: str) -> np.ndarray | None:
+    """image | ground truth | prediction | similarity + points of one record: ``eval.py --vis``'s picture when there
+    is one, else drawn from the stored masks and points."""
+    vis = Path(eval_dir) / mode / "vis" / (record["key"].replace("/", "_") + ".png")
+    if vis.is_file():
+        return cv2.cvtColor(cv2.imread(str(vis), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    return _record_row(record)
+
+
+def _iou(record: dict[str, Any]) -> float:
+    return record["intersection"] / record["union"] if record["union"] else 1.0
+
+
 def prediction_grid(
     runs: list[tuple[str, str, str]], path: str | Path, num_images: int = 6, mode: str = "teacher"
 ) -> Path:
-    """Stack one row per evaluation image and run: image | ground truth | prediction | similarity + points.
+    """One row per evaluation query (the first ``num_images`` scored queries of the first run that every run
+    has): image | ground truth, then each run's prediction and similarity map with its points, side by side.
 
-    Rows come from ``<eval_dir>/<mode>/vis/<index>_<query>.png`` (``eval.py --vis``) when present, otherwise
-    they are drawn from ``predictions.jsonl``. Each row is captioned with the run, the query and its IoU.
+    A run's panels come from ``<eval_dir>/<mode>/vis/<index>_<query>.png`` (``eval.py --vis``) when present,
+    otherwise they are drawn from ``predictions.jsonl``. A header names the columns; each row is captioned with the
+    query and every run's IoU.
     """
     from read.viz import save_png
 
-    rows: list[np.ndarray] = []
+    by_run = []
     for name, _, eval_dir in runs:
         records = sorted(_records(eval_dir, mode), key=lambda r: (r["index"], r["query_index"]))
-        records = [r for r in records if r.get("scored")][:num_images]
-        for rec in records:
-            vis = Path(eval_dir) / mode / "vis" / (rec["key"].replace("/", "_") + ".png")
-            if vis.is_file():
-                picture = cv2.cvtColor(cv2.imread(str(vis), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-            else:
-                picture = _record_row(rec)
+        by_run.append((name, eval_dir, {r["key"]: r for r in records if r.get("scored")}))
+    keys = [k for k in by_run[0][2] if all(k in recs for _, _, recs in by_run)][:num_images]
+    rows: list[np.ndarray] = []
+    headers: list[str] = []
+    for key in keys:
+        image_width = None
+        parts: list[np.ndarray] = []
+        labels: list[str] = []
+        for j, (name, eval_dir, recs) in enumerate(by_run):
+            picture = _run_picture(recs[key], eval_dir, mode)
             if picture is None:
-                continue
-            iou = rec["intersection"] / rec["union"] if rec["union"] else 1.0
-            rows.append(_caption(picture, f"{name} | IoU {iou:.2f} | {rec.get('query') or ''}"))
+                break
+            if image_width is None:
+                from read.data.transforms import load_image
+
+                image_width = load_image(recs[key]["image"]).shape[1]
+                labels += ["image", "ground truth"]
+            panels = picture.shape[1] // image_width
+            labels += [f"{name}: mask", f"{name}: map, points"][: panels - 2]
+            parts.append(picture if j == 0 else picture[:, 2 * image_width :])
+        if len(parts) != len(by_run):
+            continue
+        rec = by_run[0][2][key]
+        scores = " | ".join(f"{name} IoU {_iou(recs[key]):.2f}" for name, _, recs in by_run)
+        rows.append(_caption(np.concatenate(parts, axis=1), f"{rec.get('query') or ''} | {scores}"))
+        if len(labels) > len(headers):
+            headers = labels
+            header_width = image_width
     if not rows:
         raise ValueError("no predictions to draw: run eval.py with an --output_dir (and --vis N for pictures)")
     width = max(r.shape[1] for r in rows)
-    grid = np.concatenate([_pad_to(r, width) for r in rows], axis=0)
+    header = np.concatenate([_caption(np.zeros((0, header_width, 3), np.uint8), h) for h in headers], axis=1)
+    grid = np.concatenate([_pad_to(header, width)] + [_pad_to(r, width) for r in rows], axis=0)
     return save_png(grid, path)
 
 
@@ -377,6 +417,11 @@ def main(argv: list[str] | None = None) -> Path:
     for name, entry in metrics["runs"].items():
         parts = [f"{g} gIoU {entry[g]['giou']:.3f} cIoU {entry[g]['ciou']:.3f}" for g in GROUPS if g in entry]
         print(f"{name}: " + " | ".join(parts))
+        p = entry.get("pointing")
+        if p:
+            print(f"{name}: map peak inside the target {_pct(p['peak_in_target'])}, positive points inside "
+                  f"{_pct(p['pos_in_target'])}, negative points outside {_pct(p['neg_outside'])} "
+                  f"({p['num_queries']} queries)")  # fmt: skip
     if "chance" in metrics:
         c = metrics["chance"]["overall"]
         print(

@@ -8,7 +8,7 @@ which trains on the built-in corpus (the question/answer templates with their pl
 prompts of the conversation templates and a few extra sentences) and writes ``tokenizer.model``,
 ``added_tokens.json`` and ``tokenizer_config.json``. Training is single-threaded and deterministic.
 
-The synthetic quickstart trains its own (``scripts/quickstart.sh`` runs this):
+A tokenizer for a synthetic dataset (the quickstart's base brings its own, made by ``scripts/pretrain_base.py``):
 
     .venv/bin/python scripts/make_tokenizer.py --out data/synthetic_quickstart/tokenizer --vocab_size 1500 \
         --dataset data/synthetic_quickstart

@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
-# The quickstart, on the CPU: set up .venv, write the synthetic reasoning-segmentation dataset, train the tiny READ
-# model with train_ds.py (DeepSpeed; two data-parallel processes, see below), export it, evaluate it with eval.py and
-# write a report folder (metrics.json, loss_curve.png, predictions.png). The last line printed is the path of
-# metrics.json.
+# The quickstart, on the CPU: set up .venv, write the synthetic reasoning-segmentation dataset, fine-tune READ from
+# the shipped tiny base (assets/synthetic_base: a pre-trained tiny LLaVA and SAM) with train_ds.py (DeepSpeed; two
+# data-parallel processes, see below), export it, evaluate it with eval.py (gIoU / cIoU and where the similarity
+# map points) and write a report folder (metrics.json, loss_curve.png, predictions.png). The last line printed is
+# the path of metrics.json.
 #
 #   bash scripts/quickstart.sh              # READ (SasP on)
 #   bash scripts/quickstart.sh --compare    # READ and the LISA baseline (sasp.enabled=false), same budget
+#   bash scripts/quickstart.sh --ablation   # READ, LISA and READ with discrete points (sasp.dtoc=false)
 #
 # Options: --out DIR (default runs/quickstart/<date-time>), --data DIR (default data/synthetic_quickstart; reused
-# when it already holds the dataset). Anything after "--" goes to every train_ds.py run as config overrides
-# (e.g. -- train.steps_per_epoch=100). Model, data and schedule: configs/synthetic_tiny.yaml.
+# when it already holds the dataset), --seed N (train.seed, default the config's). Anything after "--" goes to
+# every train_ds.py run as config overrides (e.g. -- train.steps_per_epoch=100). Model, data and schedule:
+# configs/synthetic_tiny.yaml; the base: scripts/pretrain_base.py.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 COMPARE=0
+ABLATION=0
+SEED=""
 OUT=""
 DATA="data/synthetic_quickstart"
 CONFIG="configs/synthetic_tiny.yaml"
@@ -22,10 +27,12 @@ OVERRIDES=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --compare) COMPARE=1; shift ;;
+    --ablation) COMPARE=1; ABLATION=1; shift ;;
+    --seed) [ $# -ge 2 ] || { echo "quickstart.sh: --seed needs a value" >&2; exit 2; }; SEED="$2"; shift 2 ;;
     --out) [ $# -ge 2 ] || { echo "quickstart.sh: --out needs a value" >&2; exit 2; }; OUT="$2"; shift 2 ;;
     --data) [ $# -ge 2 ] || { echo "quickstart.sh: --data needs a value" >&2; exit 2; }; DATA="$2"; shift 2 ;;
     --) shift; OVERRIDES=("$@"); break ;;
-    -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "quickstart.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -66,9 +73,12 @@ if [ ! -f "$DATA/reason_seg/ReasonSeg/synthetic_config.json" ]; then
   stage data "$PY" scripts/make_synthetic.py --out "$DATA" --num_train 3000 --num_val 200 --num_test 0 --seed 0 \
     --image_size 128 --num_objects 3,3
 fi
-# the model's tokenizer, trained on the dataset's text (seconds; deterministic)
-if [ ! -f "$DATA/tokenizer/tokenizer.model" ]; then
-  stage tokenizer "$PY" scripts/make_tokenizer.py --out "$DATA/tokenizer" --vocab_size 1500 --dataset "$DATA"
+# the pre-trained base (tiny LLaVA with its tokenizer, tiny SAM) ships in the repository
+BASE="assets/synthetic_base"
+if [ ! -f "$BASE/llava/model.safetensors" ] || [ ! -f "$BASE/sam.safetensors" ]; then
+  echo "quickstart.sh: the pre-trained base $BASE is missing; rebuild it with" \
+    "python scripts/pretrain_base.py --config configs/pretrain/synthetic_base.yaml --out $BASE" >&2
+  exit 1
 fi
 
 # 3-5. train, export and evaluate one model.
@@ -87,8 +97,8 @@ run_model() {  # run_model NAME CONFIG_OVERRIDES...
   local name="$1"; shift
   local dir="$OUT/$name"
   stage "train_$name" "${TRAIN[@]}" --config "$CONFIG" "train.output_dir=$dir" "data.dataset_dir=$DATA" \
-    "model.tokenizer_path=$DATA/tokenizer" ${TRAIN_OVERRIDES[@]+"${TRAIN_OVERRIDES[@]}"} \
-    "$@" ${OVERRIDES[@]+"${OVERRIDES[@]}"}
+    "model.llava_path=$BASE/llava" "model.sam_checkpoint=$BASE/sam.safetensors" \
+    ${SEED:+"train.seed=$SEED"} ${TRAIN_OVERRIDES[@]+"${TRAIN_OVERRIDES[@]}"} "$@" ${OVERRIDES[@]+"${OVERRIDES[@]}"}
   stage "export_$name" "$PY" scripts/export_model.py --run "$dir" --checkpoint latest --out "$dir/model"
   stage "eval_$name" "$PY" eval.py --model "$dir/model" --dataset_dir "$DATA" --dataset ReasonSeg --split val \
     --prompts lisa --mode both --batch_size 16 --num_workers 1 --vis 8 --no_progress --output_dir "$dir/eval"
@@ -98,6 +108,10 @@ RUNS=(--run read "$OUT/read" "$OUT/read/eval")
 if [ "$COMPARE" = 1 ]; then
   run_model lisa sasp.enabled=false
   RUNS+=(--run lisa "$OUT/lisa" "$OUT/lisa/eval")
+fi
+if [ "$ABLATION" = 1 ]; then
+  run_model discrete sasp.dtoc=false
+  RUNS+=(--run discrete "$OUT/discrete" "$OUT/discrete/eval")
 fi
 
 # 6. the report

@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 
 from read.config import load_config
+from read.pretraining.config import load_pretrain_config
 from read.training.engine import build_deepspeed_config
 
 ROOT = Path(__file__).resolve().parents[1]
 YAMLS = sorted((ROOT / "configs").glob("*.yaml"))
 DS_JSONS = sorted((ROOT / "configs" / "deepspeed").glob("*.json"))
+PRETRAIN_YAMLS = sorted((ROOT / "configs" / "pretrain").glob("*.yaml"))
 RECIPES = ["read_7b_reasonseg", "read_13b_reasonseg", "refcoco", "lisa_7b_reasonseg", "synthetic_tiny"]
 
 
@@ -46,6 +48,12 @@ def test_deepspeed_configs_fill_from_every_recipe(ds_json, name):
     assert ds["optimizer"]["params"]["lr"] == ds["scheduler"]["params"]["warmup_max_lr"] == cfg.train.lr
     assert ds["scheduler"]["params"]["total_num_steps"] == cfg.train.epochs * cfg.train.steps_per_epoch
     assert ds["zero_optimization"]["stage"] in (2, 3)
+
+
+@pytest.mark.parametrize("path", PRETRAIN_YAMLS, ids=[p.name for p in PRETRAIN_YAMLS])
+def test_every_pretraining_yaml_parses_and_names_a_model_config(path):
+    cfg = load_pretrain_config(path)
+    assert load_config(ROOT / cfg.model_config).model.text.vocab_size == cfg.tokenizer.vocab_size + 3
 
 
 def test_reference_hyper_parameters():

@@ -136,6 +136,48 @@ def test_teacher_records_match_a_literal_batch1_loop(model, tiny_tokenizer, teac
     assert sum(r["ignored_area"] > 0 for r in lines) == 4  # images 0, 3, 6, 9
 
 
+@pytest.mark.parametrize("sasp", [True, False], ids=["read", "lisa"])
+def test_pointing_records_match_a_literal_computation(sasp, tiny_tokenizer, teacher_set, tmp_path):
+    """Every scored query records where its [SEG]'s map points: for READ with its own points, for LISA with the
+    points SasP would place from the same map; the summary pools them."""
+    from read.pointing import peak_pixel
+    from read.sasp import select_points
+
+    model = tiny_eval_model(tiny_tokenizer, f"sasp.enabled={str(sasp).lower()}")
+    res = evaluate(model, tiny_tokenizer, teacher_set, EvalConfig(batch_size=3, output_dir=str(tmp_path)))
+    cfg = model.config
+    collator = ReadCollator(
+        tiny_tokenizer, "llava_v1", clip_size=cfg.model.vision.image_size, sam_size=cfg.model.sam.image_size,
+        num_image_tokens=cfg.model.vision.num_patches, max_length=None,
+    )  # fmt: skip
+    lines = read_jsonl(tmp_path / "predictions.jsonl")
+    peaks, pos, pos_in = [], 0, 0
+    with torch.no_grad():
+        for i, rec in enumerate(lines):
+            sample = teacher_set[i]
+            gt = sample.queries[0].masks[0]
+            out = model(collator([sample]))
+            sim = out.similarity[0][0]
+            coords, labels = select_points(sim[None], [gt.shape], num_points=cfg.sasp.num_points, t_pos=cfg.sasp.t_pos,
+                                           t_neg=cfg.sasp.t_neg, down_sample=cfg.sasp.down_sample,
+                                           clip_size=cfg.model.vision.image_size)  # fmt: skip
+            x, y = peak_pixel(sim, gt.shape)
+            p = rec["pointing"]
+            assert p["peak"] == [x, y] and p["peak_in_target"] == (None if gt[y, x] == 255 else bool(gt[y, x] == 1))
+            xy = coords[0][labels[0] == 1].round().long()
+            values = torch.from_numpy(gt)[xy[:, 1], xy[:, 0]]
+            values = values[values != 255]  # points on ignored pixels are not counted
+            inside = int((values == 1).sum())
+            assert (p["pos_points"], p["pos_in_target"]) == (len(values), inside)
+            if p["peak_in_target"] is not None:
+                peaks.append(p["peak_in_target"])
+            pos, pos_in = pos + len(values), pos_in + inside
+    summary = res.scores["pointing"]
+    assert summary["num_queries"] == N_IMAGES and summary["peak_in_target"] == pytest.approx(np.mean(peaks))
+    assert summary["pos_in_target"] == pytest.approx(pos_in / pos)
+    assert all(r["pointing"] is not None for r in res.records)
+
+
 @pytest.mark.parametrize("mode", ["teacher", "generate"])
 def test_batched_evaluation_equals_batch1(mode, model, tiny_tokenizer, teacher_set, generation_set, teacher_bs1,
                                           generate_bs1, tmp_path):  # fmt: skip

@@ -25,6 +25,10 @@ def _load_script(name: str):
 report = _load_script("make_report")
 
 
+POINTING = {"num_queries": 2, "peak_in_target": 0.5, "pos_in_target": 0.75, "neg_outside": 1.0,
+            "pos_points_per_query": 2.0, "neg_points_per_query": 3.0}  # fmt: skip
+
+
 def _fake_run(root: Path, name: str, giou: float, steps: int = 30) -> tuple[str, str, str]:
     """A training dir with metrics.jsonl and an eval dir with results.json, predictions.jsonl and an image."""
     from pycocotools import mask as mask_utils
@@ -40,7 +44,7 @@ def _fake_run(root: Path, name: str, giou: float, steps: int = 30) -> tuple[str,
         f.write('{"kind": "step", "step": 99')  # a torn last line
     scores = {"giou": giou, "ciou": giou - 0.1, "num_masks": 2}
     results = {"settings": {}, "results": {"teacher": {"overall": scores, "short": {**scores, "num_masks": 1},
-               "long": {**scores, "num_masks": 1}, "num_images": 2, "see": None}}}  # fmt: skip
+               "long": {**scores, "num_masks": 1}, "num_images": 2, "see": None, "pointing": POINTING}}}  # fmt: skip
     (eval_dir / "teacher").mkdir(parents=True)
     (eval_dir / "results.json").write_text(json.dumps(results))
     # one image in ReasonSeg layout, its prediction as RLE
@@ -87,8 +91,12 @@ def test_make_report_end_to_end(tmp_path, capsys):
     for r in runs:
         argv += ["--run", *r]
     path = report.main(argv)
-    assert capsys.readouterr().out.strip().splitlines()[-1] == str(path)
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1] == str(path)
+    assert "read: map peak inside the target 50.0 %, positive points inside 75.0 %, negative points outside " \
+        "100.0 % (2 queries)" in printed
     metrics = json.loads(path.read_text())
+    assert metrics["runs"]["read"]["pointing"] == POINTING
     assert metrics["runs"]["read"]["overall"] == {"giou": 0.61, "ciou": 0.51, "num_masks": 2}
     assert metrics["runs"]["lisa"]["short"]["giou"] == 0.42 and metrics["runs"]["lisa"]["long"]["num_masks"] == 1
     assert metrics["runs"]["read"]["train_steps"] == 30
@@ -98,8 +106,11 @@ def test_make_report_end_to_end(tmp_path, capsys):
     curve = cv2.imread(str(tmp_path / "report" / "loss_curve.png"))
     assert curve is not None and curve.shape[0] > 100
     grid = cv2.imread(str(tmp_path / "report" / "predictions.png"))
-    # two runs x one image: caption strip (22 px) + image (40 px); image | gt | prediction | points = 4 x 48 px
-    assert grid.shape == (2 * (22 + 40), 4 * 48, 3)
+    # a header strip (22 px), then one row per image: caption strip (22 px) + image (40 px); image | gt, then each
+    # run's prediction | points side by side: 6 x 48 px
+    assert grid.shape == (22 + 22 + 40, 6 * 48, 3)
+    # the first run's prediction panel (red overlay on the left half of the rectangle) is read's, then lisa's
+    assert np.array_equal(grid[22 + 22 :, 2 * 48 : 3 * 48], grid[22 + 22 :, 4 * 48 : 5 * 48])
 
 
 def test_make_report_missing_results_is_a_clear_error(tmp_path):

@@ -361,6 +361,23 @@ def test_module_from_config():
     assert torch.equal(out.coords, coords) and torch.equal(out.labels, labels)
 
 
+def test_without_dtoc_the_points_are_the_oracles_integer_points_and_carry_no_gradient():
+    sim = random_maps(3, "smooth", seed=7).requires_grad_(True)
+    sizes = [(48, 64), (333, 340), (20, 30)]
+    coords, labels = select_points(sim, sizes, **READ_7B, dtoc=False)
+    _, ref_labels, ref_pixels = oracle_select_points(sim.detach(), sizes, **READ_7B)
+    assert torch.equal(labels, ref_labels) and torch.equal(coords, ref_pixels.to(coords.dtype))
+    assert coords.dtype == torch.float32 and not coords.requires_grad
+    refined, _ = select_points(sim, sizes, **READ_7B)
+    assert refined.requires_grad and not torch.equal(refined, coords)
+    sasp = SasP.from_config(SaspConfig(dtoc=False, **READ_7B), clip_size=336)
+    assert sasp.dtoc is False and "dtoc=False" in repr(sasp)
+    image, seg = torch.randn(3, 576, 8), torch.randn(3, 8)
+    out = sasp(image, seg, sizes)
+    expected, _ = select_points(similarity_map(image, seg), sizes, **READ_7B, dtoc=False)
+    assert torch.equal(out.coords, expected)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # visualisation
 

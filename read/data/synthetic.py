@@ -70,6 +70,8 @@ __all__ = [
     "generate_item",
     "generate_scene",
     "explanation_of",
+    "region_name",
+    "referring_queries",
     "chance_scores",
     "write_split",
     "make_synthetic",
@@ -506,10 +508,24 @@ def explanation_of(annotation: dict[str, Any], image_size: int) -> str:
     syn = annotation["synthetic"]
     target = syn["objects"][syn["target"]]
     x, y = target["center"]
-    row = ("top", "middle", "bottom")[min(2, int(3 * y / image_size))]
-    col = ("left", "centre", "right")[min(2, int(3 * x / image_size))]
-    region = {("middle", "centre"): "centre"}.get((row, col), f"{row} {col}")
-    return f"{region}, {target['color']} {target['shape']}."
+    return f"{region_name(x, y, image_size)}, {target['color']} {target['shape']}."
+
+
+def region_name(x: float, y: float, image_size: int) -> str:
+    """The cell of a 3 x 3 grid over the image that holds the point (x, y): "top left", "top centre", ...,
+    "middle left", "centre", "middle right", ..., "bottom right"."""
+    row = ("top", "middle", "bottom")[min(2, max(0, int(3 * y / image_size)))]
+    col = ("left", "centre", "right")[min(2, max(0, int(3 * x / image_size)))]
+    return {("middle", "centre"): "centre"}.get((row, col), f"{row} {col}")
+
+
+def referring_queries(objects: list[SceneObject], cfg: SyntheticConfig) -> list[tuple[str, int, list[str]]]:
+    """Every query the generator can ask about a scene, as ``(kind, target index, phrasings)``: the short names
+    ("red triangle", "triangle", "red shape") and the reasoning sentences of every long kind, in a fixed order."""
+    queries = _short_queries(objects)
+    for kind_queries in _long_queries(objects, cfg).values():
+        queries += kind_queries
+    return [(q.kind, q.target, list(q.texts)) for q in queries]
 
 
 def _false_premise_queries(

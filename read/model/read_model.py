@@ -23,6 +23,7 @@ from read.config import ReadConfig
 from read.constants import IGNORE_INDEX
 from read.losses import mask_losses, query_word_loss
 from read.model.sam import decode_masks_batched, to_sam_frame
+from read.sasp import similarity_map
 
 
 @dataclass
@@ -38,7 +39,8 @@ class ReadOutput:
         pred_masks: R tensors (k_r, H, W) float32 mask logits at the original image size, one per ``[SEG]``.
         point_coords: R tensors (k_r, P, 2) SasP points (x, y) in original-image pixels (P = 0 without SasP).
         point_labels: R tensors (k_r, P) point labels in {1, 0, -1}.
-        similarity: R tensors (k_r, N) raw similarity maps over the N image tokens (empty without SasP).
+        similarity: R tensors (k_r, N) raw similarity maps over the N image tokens (without SasP, the LISA baseline,
+            the same map without gradient: nothing uses it but the pointing metrics and pictures).
         num_masks: number of ground-truth masks that entered the mask losses.
     """
 
@@ -254,6 +256,11 @@ class ReadModel(nn.Module):
                 [to_sam_frame(coords[j], seg_original[j], seg_resized[j]) for j in range(k_total)]
             )
             labels = labels_out
+        elif k_total > 0:
+            # LISA: nothing prompts SAM with it, but the [SEG] state has the same similarity map (read.pointing)
+            with torch.no_grad():
+                image_hidden = image_token_states(hidden, input_ids, self.image_token_id, n)[seg_rows]
+                sims = similarity_map(image_hidden, seg_hidden).float()
 
         # One mask-decoder call for every [SEG] of the batch, whatever image it is about.
         masks_per_seg = decode_masks_batched(

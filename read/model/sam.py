@@ -140,11 +140,12 @@ def decode_masks(
 def decode_masks_batched(
     sam: Sam,
     image_embeddings: Tensor,
-    seg_embeddings: Tensor,
+    seg_embeddings: Tensor | None,
     point_coords: Tensor | None,
     point_labels: Tensor | None,
     resized_sizes: list[tuple[int, int]],
     original_sizes: list[tuple[int, int]],
+    boxes: Tensor | None = None,
 ) -> list[Tensor]:
     """Decode one mask per prompt, for prompts about any mix of images, in one mask-decoder call.
 
@@ -156,28 +157,37 @@ def decode_masks_batched(
     Arguments:
         sam: the SAM model.
         image_embeddings: (K, C, h, w) SAM image embedding of each prompt's image.
-        seg_embeddings: (K, C) projected ``[SEG]`` embeddings.
+        seg_embeddings: (K, C) projected ``[SEG]`` embeddings, or None: no ``[SEG]`` prompt (SAM on its own, prompted
+            by points only, as when pre-training it).
         point_coords: (K, P, 2) (x, y) points in SAM's input frame, or None (LISA: no points).
         point_labels: (K, P) labels in {1, 0, -1}, or None.
         resized_sizes: K pairs (h, w), the image inside SAM's padded input.
         original_sizes: K pairs (H, W), the original image.
+        boxes: optional (K, 4) box prompts (x0, y0, x1, y1) in SAM's input frame (SAM's own box prompt; READ does
+            not use it).
 
     Returns:
         K float32 mask logits (H_k, W_k) at the original resolutions.
     """
-    k = seg_embeddings.shape[0]
+    k = image_embeddings.shape[0]
     if k == 0:
         return []
+    if seg_embeddings is None and point_coords is None and boxes is None:
+        raise ValueError("decode_masks_batched: no prompt (neither [SEG] embeddings, points nor boxes)")
     decoder = sam.mask_decoder
     dtype = next(decoder.parameters()).dtype
     with torch.autocast(device_type=image_embeddings.device.type, enabled=False):
         points = None
         if point_coords is not None:
             points = (point_coords.float(), point_labels.float())
-        sparse, dense = sam.prompt_encoder(points=points, boxes=None, masks=None)  # (K|1, P+1|0, C), (K|1, C, h, w)
+        box_prompts = None if boxes is None else boxes.float()
+        # sparse: (K|1, P', C), the points (one padding point when there is no box), then the two box corners
+        sparse, dense = sam.prompt_encoder(points=points, boxes=box_prompts, masks=None)  # dense: (K|1, C, h, w)
         dense_pe = sam.prompt_encoder.get_dense_pe()  # (1, C, h, w)
     sparse = sparse.expand(k, -1, -1).to(dtype)
-    prompts = torch.cat([sparse, seg_embeddings[:, None].to(dtype)], dim=1)  # (K, P', C): points, then [SEG]
+    prompts = sparse  # (K, P', C): points, then [SEG]
+    if seg_embeddings is not None:
+        prompts = torch.cat([sparse, seg_embeddings[:, None].to(dtype)], dim=1)
     output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight]).to(dtype)  # (1 + M, C)
     tokens = torch.cat([output_tokens.expand(k, -1, -1), prompts], dim=1)  # (K, 1 + M + P', C)
     src = image_embeddings.to(dtype) + dense.to(dtype)  # (K, C, h, w)
