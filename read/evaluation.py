@@ -93,6 +93,8 @@ class EvalConfig:
         conv_type: conversation template: "llava_v1" (training, ReasonSeg/RefCOCO parity) or "vicuna_v1"
             (FP-RefCOCO parity, SPEC 4.4).
         max_new_tokens: generation budget per row (the reference uses 512).
+        kv_cache: generation decodes with a KV cache (default); False re-encodes the whole sequence at every step
+            as the reference does (same records, many times slower; for speed comparisons).
         num_workers: DataLoader worker processes for reading and preprocessing images.
         output_dir: where per-query records, predictions and pictures go; None keeps everything in memory (no
             resume).
@@ -106,6 +108,7 @@ class EvalConfig:
     batch_size: int = 1
     conv_type: str = "llava_v1"
     max_new_tokens: int = 512
+    kv_cache: bool = True
     num_workers: int = 0
     output_dir: str | None = None
     resume: bool = True
@@ -431,6 +434,7 @@ def _score_batch(
             max_new_tokens=cfg.max_new_tokens,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
+            use_cache=cfg.kv_cache,
         )
     records = []
     for r, meta in enumerate(batch.meta):
