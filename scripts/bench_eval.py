@@ -213,6 +213,23 @@ def read_records(directory: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (directory / "predictions.jsonl").read_text().splitlines()]
 
 
+def check_same_records(
+    records: list[dict[str, Any]], reference: list[dict[str, Any]] | None, label: str
+) -> list[dict[str, Any]]:
+    """``records`` becomes the reference when there is none; otherwise they must equal it (exit 1 naming the first
+    query and the fields that differ)."""
+    if reference is None:
+        return records
+    if records != reference:
+        if len(records) != len(reference):
+            raise SystemExit(f"error: {label} wrote {len(records)} records, the reference's way {len(reference)}")
+        a, b = next((a, b) for a, b in zip(records, reference) if a != b)
+        fields = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        raise SystemExit(f"error: {label} wrote other records than the reference's way, first at query {b['key']} "
+                         f"(fields {', '.join(fields)})")  # fmt: skip
+    return reference
+
+
 def main() -> int:
     args = parse_args()
     if args.threads > 0:
@@ -250,34 +267,29 @@ def main() -> int:
                 eos_token_id=tokenizer.eos_token_id, seg_answer=args.seg_answer, other_answer=args.other_answer,
             )  # fmt: skip
 
-        def run(label: str, batch_size: int, kv_cache: bool, images: int | None = None) -> float:
+        def run(index: int, images: int | None = None) -> float:
+            _, batch_size, kv_cache = variants[index]
             subset = dataset
             if images is not None:
                 subset = type(dataset).__new__(type(dataset))
                 subset.__dict__.update(dataset.__dict__, images=dataset.images[:images])
             eval_cfg = EvalConfig(
                 mode=args.mode, batch_size=batch_size, max_new_tokens=args.max_new_tokens, kv_cache=kv_cache,
-                num_workers=args.num_workers, output_dir=str(Path(tmp) / f"out{variants.index((label, batch_size, kv_cache))}"),
-                resume=False,
+                num_workers=args.num_workers, output_dir=str(Path(tmp) / f"out{index}"), resume=False,
             )  # fmt: skip
             start = time.perf_counter()
             evaluate(model, tokenizer, subset, eval_cfg)
             return len(subset) / (time.perf_counter() - start)
 
-        for v in variants:  # warm-up: allocator, kernels, lazy imports
-            run(*v, images=min(len(dataset), 2 * v[1]))
+        for i, v in enumerate(variants):  # warm-up: allocator, kernels, lazy imports
+            run(i, images=min(len(dataset), 2 * v[1]))
         rates: dict[str, list[float]] = {v[0]: [] for v in variants}
         reference: list[dict[str, Any]] | None = None
         for _ in range(args.repeats):
-            for v in variants:
-                rates[v[0]].append(run(*v))
-                records = read_records(Path(tmp) / f"out{variants.index(v)}")
-                if reference is None:
-                    reference = records
-                elif records != reference:
-                    diff = next(i for i, (a, b) in enumerate(zip(records, reference)) if a != b)
-                    raise SystemExit(f"error: {v[0]} wrote other records than {variants[0][0]}, first at query "
-                                     f"{reference[diff]['key']}: {records[diff]} != {reference[diff]}")  # fmt: skip
+            for i, v in enumerate(variants):
+                rates[v[0]].append(run(i))
+                if generate:
+                    reference = check_same_records(read_records(Path(tmp) / f"out{i}"), reference, v[0])
 
     print(
         f"model: {params / 1e6:.2f}M parameters, {cfg.model.vision.num_patches} image tokens, "

@@ -170,3 +170,14 @@ def test_generation_records_are_identical_with_and_without_the_cache(tiny_tokeni
     with_seg = [r for r in slow if r["num_seg"] == 1]
     assert 0 < len(with_seg) < len(slow) and all(r["mask_rle"] is not None for r in slow)
     assert {r["text"].count("[SEG]") for r in slow} == {0, 1}
+
+
+def test_the_benchmark_refuses_different_records():
+    ref = [{"key": "0/0", "text": "a", "mask_rle": None}, {"key": "1/0", "text": "b", "mask_rle": None}]
+    assert bench_eval.check_same_records(ref, None, "x") is ref
+    assert bench_eval.check_same_records([dict(r) for r in ref], ref, "x") is ref
+    changed = [ref[0], {"key": "1/0", "text": "c", "mask_rle": None}]
+    with pytest.raises(SystemExit, match=r"x wrote other records .* at query 1/0 \(fields text\)"):
+        bench_eval.check_same_records(changed, ref, "x")
+    with pytest.raises(SystemExit, match="wrote 1 records"):
+        bench_eval.check_same_records(ref[:1], ref, "x")
