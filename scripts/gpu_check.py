@@ -331,7 +331,8 @@ def part_inference(args: argparse.Namespace, device: torch.device, rec: Recorder
     slow = generation["reference_batch1_no_cache"]["queries_per_s"]
     fast = generation[f"kv_cache_batch{args.gen_batch}"]["queries_per_s"]
     generation["speed_up"] = fast / slow
-    # hours for 100k queries; the fast way's masks: at most one teacher-forced pass per query at batch 8
+    # hours for 100k queries; the cached way's masks: one whole teacher-forced pass per query added (an upper bound:
+    # it encodes the image again, and only answers with a [SEG] need it)
     mask_pass = 1.0 / teacher[str(max(args.eval_batch_sizes))]["images_per_s"]
     generation["hours_per_100k_queries"] = {
         "reference": 1e5 / slow / 3600,
