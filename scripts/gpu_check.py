@@ -65,7 +65,7 @@ BUDGETS = {"sasp": 30.0, "train": 170.0, "inference": 110.0, "bnb_8bit": 75.0, "
 OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 # the config's weights are local paths that a fresh machine lacks: the check builds the architecture at random
 RANDOM_INIT = ["model.init=random", "model.init_path=", "model.vision_tower_path=", "train.grad_accumulation_steps=1"]
-PACKAGES = ("torch", "transformers", "peft", "deepspeed", "segment-anything", "bitsandbytes", "accelerate", "numpy")
+PACKAGES = ("transformers", "peft", "deepspeed", "segment-anything", "bitsandbytes", "accelerate", "numpy")
 GiB = 2**30
 
 
