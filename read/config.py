@@ -166,13 +166,17 @@ class DataConfig:
     strict: bool = False  # a bad sample raises instead of being skipped and counted
     # Training question/answer lists: "read" (READ/SESAME qa_template) or "lisa" (LISA's short lists).
     templates: Literal["read", "lisa"] = "read"
-    # Refs files: "read" (SESAME *_exclude_unified) or "lisa" (standard unc/umd).
-    refer_protocol: Literal["read", "lisa"] = "read"
+    # Refs files: "auto" (SESAME's *_exclude_unified file when present, else the standard one; the choice is logged),
+    # "read" (only SESAME *_exclude_unified) or "lisa" (only the standard unc/umd).
+    refer_protocol: Literal["auto", "read", "lisa"] = "auto"
     reason_seg_fp_prob: float = 0.15  # ReasonSeg false-premise correction (only images with false_premise_QA)
     sem_seg_denial_prob: float = 0.07  # sem_seg false-premise denial
     sem_seg_correction_prob: float = 0.08  # sem_seg false-premise correction
     max_sample_attempts: int = 20  # consecutive bad samples tolerated per index before giving up
     eval_prompts: Literal["read", "lisa"] = "read"  # evaluation prompt templates (read.data.eval_sets)
+    # Validation split with unusable ground truth (e.g. a degenerate polygon): refuse to train (false, the files
+    # are named) or validate on the usable queries only (true, the left-out files are logged).
+    val_skip_invalid: bool = False
 
 
 @dataclass
