@@ -4,9 +4,10 @@
     python chat.py --model DIR --image dog.jpg --query "Where is the dog?"   # one shot (scriptable)
     python chat.py --model CKPT --released --vision_tower clip-vit-large-patch14-336 --precision bf16
 
-For every answer it saves, into ``--out_dir``: the mask overlay, the similarity heat map with the SasP points, and a
-side-by-side PNG, and prints where. Press Enter at the image prompt to keep asking about the previous image
-(its encodings are cached); Ctrl-D or Ctrl-C exits.
+For every answer it saves the mask overlay, the similarity heat map with the SasP points, and a side-by-side PNG into
+a new folder of this run under ``--out_dir`` (``<out_dir>/<date>-<time>/``, so an earlier run's pictures are never
+overwritten or mixed in), and prints where. A question too long for the model's context is refused. Press Enter at
+the image prompt to keep asking about the previous image (its encodings are cached); Ctrl-D or Ctrl-C exits.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 
 from read.data.transforms import ImageLoadError
 from read.inference import Prediction, ReadPredictor
+from read.outputs import RunFolder
 
 logger = logging.getLogger("chat")
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -33,7 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vision_tower", default=None, help="local CLIP tower directory (with --released)")
     p.add_argument("--image", default=None, help="image path: with --query, answer once and exit")
     p.add_argument("--query", default=None, help="question about --image")
-    p.add_argument("--out_dir", default="chat_outputs", help="where the PNGs are written")
+    p.add_argument("--out_dir", default="chat_outputs", help="each run writes its PNGs into a new <date>-<time> "
+                   "folder under this one")
     p.add_argument("--precision", choices=sorted(_DTYPES), default=None, help="default: bf16 on GPU, fp32 on CPU")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--load_in_8bit", action="store_true", help="8-bit LM weights via bitsandbytes (GPU)")
@@ -98,17 +101,17 @@ def save_outputs(pred: Prediction, image: np.ndarray, out_dir: Path, stem: str, 
     return paths
 
 
-def answer(predictor: ReadPredictor, query: str, out_dir: Path, turn: int) -> None:
+def answer(predictor: ReadPredictor, query: str, out: RunFolder, turn: int) -> None:
     pred = predictor.predict(query)
     print(f"READ: {pred.answer}")
     n = pred.masks.shape[0]
     print(f"      {n} mask(s); target {'found' if pred.found else 'not found'}")
     stem = f"{Path(predictor.image_path).stem or 'image'}_{turn:03d}"
-    for path in save_outputs(pred, predictor.image, out_dir, stem, predictor.model.config.model.vision.image_size):
+    for path in save_outputs(pred, predictor.image, out.path, stem, predictor.model.config.model.vision.image_size):
         print(f"      saved {path}")
 
 
-def interact(predictor: ReadPredictor, out_dir: Path) -> int:
+def interact(predictor: ReadPredictor, out: RunFolder) -> int:
     """The input() loop. Returns the exit code."""
     turn = 0
     print("Ask about an image. Enter an image path (Enter: keep the current image), then a question. Ctrl-D exits.")
@@ -129,7 +132,7 @@ def interact(predictor: ReadPredictor, out_dir: Path) -> int:
                 print("error: the question is empty")
                 continue
             try:
-                answer(predictor, query, out_dir, turn)
+                answer(predictor, query, out, turn)
             except ValueError as e:
                 print(f"error: {e}")
                 continue
@@ -148,16 +151,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     predictor = ReadPredictor(model, tokenizer, conv_type=args.conv_type, max_new_tokens=args.max_new_tokens)
-    out_dir = Path(args.out_dir)
+    out = RunFolder(args.out_dir)
     if args.image is not None:
         try:
             predictor.set_image(args.image)
-            answer(predictor, args.query, out_dir, 0)
+            answer(predictor, args.query, out, 0)
         except (ImageLoadError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         return 0
-    return interact(predictor, out_dir)
+    return interact(predictor, out)
 
 
 if __name__ == "__main__":
