@@ -81,7 +81,9 @@ def load(args: argparse.Namespace):
     return model, tokenizer
 
 
-def save_outputs(pred: Prediction, image: np.ndarray, out_dir: Path, stem: str, clip_size: int) -> list[Path]:
+def save_outputs(
+    pred: Prediction, image: np.ndarray, out_dir: Path, stem: str, clip_size: int, geometry: str = "reference"
+) -> list[Path]:
     """Mask overlay, similarity heat map with points, and both side by side, for the first mask."""
     from read.viz import mask_overlay, save_png, similarity_heatmap
 
@@ -91,7 +93,9 @@ def save_outputs(pred: Prediction, image: np.ndarray, out_dir: Path, stem: str, 
     panels = [image, overlay]
     paths = [save_png(overlay, out_dir / f"{stem}_mask.png")]
     if pred.similarity.shape[0] and pred.similarity.shape[1]:
-        heat = similarity_heatmap(image, pred.similarity[0], clip_size, pred.point_coords[0], pred.point_labels[0])
+        heat = similarity_heatmap(
+            image, pred.similarity[0], clip_size, pred.point_coords[0], pred.point_labels[0], geometry=geometry
+        )
         panels.append(heat)
         paths.append(save_png(heat, out_dir / f"{stem}_similarity.png"))
     paths.append(save_png(np.concatenate(panels, axis=1), out_dir / f"{stem}_side_by_side.png"))
@@ -104,7 +108,8 @@ def answer(predictor: ReadPredictor, query: str, out_dir: Path, turn: int) -> No
     n = pred.masks.shape[0]
     print(f"      {n} mask(s); target {'found' if pred.found else 'not found'}")
     stem = f"{Path(predictor.image_path).stem or 'image'}_{turn:03d}"
-    for path in save_outputs(pred, predictor.image, out_dir, stem, predictor.model.config.model.vision.image_size):
+    cfg = predictor.model.config
+    for path in save_outputs(pred, predictor.image, out_dir, stem, cfg.model.vision.image_size, cfg.sasp.geometry):
         print(f"      saved {path}")
 
 

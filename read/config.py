@@ -116,6 +116,11 @@ class SaspConfig:
     t_neg: float = 0.2
     down_sample: int = 2
     dtoc_radius: int = 10  # soft-argmax window half-size in pixels (weights vanish beyond ~9.4 px)
+    # How the CLIP centre crop is undone when the maps are laid over the image (read.sasp.pad_geometry):
+    # "reference" = READ's arithmetic, which the released checkpoints were trained with; "clip" = the CLIP
+    # processor's exact crop (moves the coarse cells on images whose crop excess is odd). A saved model whose
+    # read_config.json predates this key was trained with "clip" and loads with it.
+    geometry: Literal["reference", "clip"] = "reference"
 
 
 @dataclass
@@ -238,6 +243,8 @@ def validate(cfg: ReadConfig) -> None:
         raise ValueError(f"sasp: need 0 <= t_neg < t_pos <= 1, got t_neg={s.t_neg}, t_pos={s.t_pos}")
     if s.num_points < 1 or s.down_sample < 1 or s.dtoc_radius < 1:
         raise ValueError("sasp.num_points, sasp.down_sample and sasp.dtoc_radius must be >= 1")
+    if s.geometry not in ("reference", "clip"):
+        raise ValueError(f"sasp.geometry must be 'reference' or 'clip', got {s.geometry!r}")
     side = cfg.model.vision.image_size // cfg.model.vision.patch_size
     if s.enabled and side % s.down_sample != 0:
         raise ValueError(f"sasp.down_sample={s.down_sample} must divide the image-token grid side {side}")
