@@ -21,9 +21,9 @@ import torch
 
 from read.data.transforms import ImageLoadError
 from read.inference import Prediction, ReadPredictor
+from read.model.dtypes import PRECISIONS
 
 logger = logging.getLogger("chat")
-_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image", default=None, help="image path: with --query, answer once and exit")
     p.add_argument("--query", default=None, help="question about --image")
     p.add_argument("--out_dir", default="chat_outputs", help="where the PNGs are written")
-    p.add_argument("--precision", choices=sorted(_DTYPES), default=None, help="default: bf16 on GPU, fp32 on CPU")
+    p.add_argument("--precision", choices=sorted(PRECISIONS), default=None, help="default: bf16 on GPU, fp32 on CPU")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--load_in_8bit", action="store_true", help="8-bit LM weights via bitsandbytes (GPU)")
     p.add_argument("--load_in_4bit", action="store_true", help="4-bit LM weights via bitsandbytes (GPU)")
@@ -50,29 +50,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def load(args: argparse.Namespace):
-    """Model and tokenizer on the requested device and precision."""
+    """Model and tokenizer on the requested device and precision (:func:`read.model.load_model`; with
+    ``--released``, SasP stays off for SESAME and LISA checkpoints unless ``--sasp enabled=true``)."""
     from read.config import parse_overrides
-    from read.tokenizer import ReadTokenizer
+    from read.model import load_model
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
     sasp = parse_overrides(args.sasp) if args.sasp else {}
-    model_dir = Path(args.model)
-    if not model_dir.is_dir():
-        raise FileNotFoundError(f"--model {model_dir} is not a directory")
-    if args.released:
-        from read.config import SaspConfig
-        from read.model.released import load_released
-
-        sasp_cfg = SaspConfig(**sasp) if sasp else None
-        model, tokenizer, _ = load_released(
-            model_dir, args.vision_tower, dtype=getattr(torch, _DTYPES[precision]), sasp=sasp_cfg
-        )
-    else:
-        from read.model import from_pretrained
-
-        model = from_pretrained(model_dir, dtype=_DTYPES[precision], overrides={"sasp": sasp} if sasp else None)
-        tokenizer = ReadTokenizer.from_pretrained(model_dir)
+    if not Path(args.model).is_dir():
+        raise FileNotFoundError(f"--model {args.model} is not a directory")
+    model, tokenizer = load_model(
+        args.model,
+        released=args.released,
+        vision_tower=args.vision_tower,
+        dtype=PRECISIONS[precision],
+        sasp_overrides=sasp,
+    )
     if args.load_in_8bit or args.load_in_4bit:
         from read.model.quantize import quantize_language_model
 

@@ -67,6 +67,12 @@ class SamConfig:
     decoder_depth: int = 2
     decoder_mlp_dim: int = 2048
     decoder_num_heads: int = 8
+    # Sizes every SAM release shares; checkpoints of other shapes (read.model.released infers them) set them.
+    encoder_mlp_ratio: float = 4.0
+    mask_in_chans: int = 16  # channels of the prompt encoder's mask down-scaling
+    num_multimask_outputs: int = 3
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 256
 
     @property
     def embedding_size(self) -> int:
@@ -231,6 +237,17 @@ class ReadConfig:
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def fill_saved_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """A config dict read back from a saved model or checkpoint, completed for keys added after it was written
+    with the value that reproduces how that model was trained (not today's default): ``sasp.geometry`` "clip",
+    the only crop geometry before the key existed. Returns a new dict."""
+    out = dict(data)
+    sasp = out.get("sasp")
+    if isinstance(sasp, dict) and "geometry" not in sasp:
+        out["sasp"] = {**sasp, "geometry": "clip"}
+    return out
 
 
 def validate(cfg: ReadConfig) -> None:
