@@ -31,11 +31,11 @@ stand-in is registered, because READ's SAM package imports it for its automatic 
 never uses.
 
 Run it in a separate environment with READ's pins where they matter (transformers 4.31.0, tokenizers 0.13.3,
-peft 0.4.0; any torch 2.x CPU build), outside this repository::
+peft 0.4.0; any torch 2 CPU build: the committed goldens used 2.13.0+cpu), outside this repository::
 
     git clone https://github.com/rui-qian/READ /work/side/READ      # any local checkout of READ
     python3 -m venv /work/side/venv431
-    /work/side/venv431/bin/pip install "torch==2.13.0+cpu" transformers==4.31.0 tokenizers==0.13.3 \\
+    /work/side/venv431/bin/pip install torch transformers==4.31.0 tokenizers==0.13.3 \\
         sentencepiece peft==0.4.0 "numpy<2" einops opencv-python-headless matplotlib pillow safetensors
     /work/side/venv431/bin/python scripts/make_reference_golden.py --read /work/side/READ --threads 1
     # run-to-run spread: another thread count into another folder, then compare
