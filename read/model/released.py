@@ -27,8 +27,8 @@ Key mapping (original -> ReadModel, SPEC 8.4)::
 Vocabulary: rows V..V+2 of the checkpoint are ``[SEG]``, ``<im_start>``, ``<im_end>`` (V = 32000 for LLaMA).
 transformers' Llava needs one more token, ``<image>`` = V + 3, the per-patch placeholder. One row is appended to
 ``embed_tokens`` and ``lm_head``: the mean of the existing rows. The embedding row is never read (the image
-features overwrite it); in ``lm_head`` the mean row's logit is the mean of the real logits, so greedy decoding
-never prefers ``<image>`` over the best real token.
+features overwrite it), and the ``lm_head`` row is no class of the language model: the loss and generation leave its
+column out (``read.model.read_model.text_only_logits``), so the LM loss is READ's over READ's vocabulary.
 """
 
 from __future__ import annotations
