@@ -247,9 +247,10 @@ def write_clip_tower(directory: Path, seed: int) -> None:
         projection_dim=CLIP["hidden"], hidden_act="quick_gelu",
     )  # fmt: skip
     CLIPVisionModel(config).save_pretrained(str(directory))
-    CLIPImageProcessor(size={"shortest_edge": CLIP_SIZE}, crop_size={"height": CLIP_SIZE, "width": CLIP_SIZE}).save_pretrained(
-        str(directory)
+    processor = CLIPImageProcessor(
+        size={"shortest_edge": CLIP_SIZE}, crop_size={"height": CLIP_SIZE, "width": CLIP_SIZE}
     )
+    processor.save_pretrained(str(directory))
 
 
 def build_model(read_module: types.ModuleType, tokenizer, clip_dir: str, seed: int):

@@ -80,7 +80,9 @@ def map_a(sim: Tensor, image_size: tuple[int, int], clip_size: int, geometry: st
     return F.interpolate(grid, (h, w), mode="bilinear", align_corners=False)[0, 0]
 
 
-def map_b(sim: Tensor, image_size: tuple[int, int], down_sample: int, geometry: str = "reference") -> tuple[Tensor, bool]:
+def map_b(
+    sim: Tensor, image_size: tuple[int, int], down_sample: int, geometry: str = "reference"
+) -> tuple[Tensor, bool]:
     """SPEC 2.4: the coarse map padded with -1 to the image's aspect, and whether it is flat."""
     h, w = image_size
     side = math.isqrt(sim.shape[0])

@@ -102,7 +102,9 @@ def run_step() -> dict:
     ids = ref["input_ids"]
     image_fill = torch.full((ids.shape[0],), tokenizer.image_token_id)
     input_ids = expand_image_token(ids, image_fill, n)
-    labels = expand_image_token(torch.where(ids == IMAGE_TOKEN_INDEX, ids, ref["labels"]), torch.full_like(image_fill, IGNORE_INDEX), n)
+    labels = expand_image_token(
+        torch.where(ids == IMAGE_TOKEN_INDEX, ids, ref["labels"]), torch.full_like(image_fill, IGNORE_INDEX), n
+    )
     attention = expand_image_token(
         torch.where(ids == IMAGE_TOKEN_INDEX, ids, ref["attention_masks"].long()), torch.ones_like(image_fill), n
     )
@@ -131,7 +133,7 @@ def run_step() -> dict:
         for name, p in model.named_parameters()
         if p.requires_grad
     }
-    return {"meta": meta, "ref": ref, "model": model, "tokenizer": tokenizer, "batch": batch, "out": out, "grads": grads}
+    return dict(meta=meta, ref=ref, model=model, tokenizer=tokenizer, batch=batch, out=out, grads=grads)
 
 
 def rel_diff(ours: torch.Tensor, theirs: torch.Tensor) -> float:

@@ -298,7 +298,10 @@ def check_text_sizes(hf_config: Mapping[str, Any], state: Mapping[str, Tensor], 
     found: list[tuple[str, int, str]] = []  # (config field, value the tensors show, tensor)
     embed = shape("model.embed_tokens.weight")
     if embed is not None:
-        found += [("vocab_size", embed[0], "model.embed_tokens.weight"), ("hidden_size", embed[1], "model.embed_tokens.weight")]
+        found += [
+            ("vocab_size", embed[0], "model.embed_tokens.weight"),
+            ("hidden_size", embed[1], "model.embed_tokens.weight"),
+        ]
     gate = shape("model.layers.0.mlp.gate_proj.weight")
     if gate is not None:
         found.append(("intermediate_size", gate[0], "model.layers.0.mlp.gate_proj.weight"))
