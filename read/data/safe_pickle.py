@@ -12,6 +12,8 @@ import os
 import pickle
 from typing import Any
 
+from read.errors import UserError
+
 __all__ = ["UnsafePickleError", "load_pickle", "loads_restricted"]
 
 # The only globals a pickle of built-in containers and scalars may reference (protocols 0-5, Python 2 and 3
@@ -31,7 +33,7 @@ _ALLOWED_GLOBALS = {
 _PY2_STR_ENCODINGS = ("ASCII", "utf-8", "latin1")
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(pickle.UnpicklingError, UserError):
     """A pickle references a global outside the allow-list."""
 
 
