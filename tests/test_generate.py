@@ -181,3 +181,16 @@ def test_the_benchmark_refuses_different_records():
         bench_eval.check_same_records(changed, ref, "x")
     with pytest.raises(SystemExit, match="wrote 1 records"):
         bench_eval.check_same_records(ref[:1], ref, "x")
+
+
+@pytest.mark.parametrize("use_cache", [True, False], ids=["cached", "uncached"])
+def test_generation_never_says_the_image_placeholder(use_cache):
+    from model_utils import IMAGE
+
+    model = seg_or_eos_model("false")
+    head = model.llava.lm_head.weight.data
+    head[IMAGE] = 100.0 * head[SEG]  # the placeholder would win wherever [SEG] wins
+    batch = left_padded_prompts("false", PROMPTS, IMAGES)
+    with torch.no_grad():
+        tokens, out = model.generate(batch, max_new_tokens=4, use_cache=use_cache)
+    assert not bool((tokens == IMAGE).any()) and bool((tokens == SEG).any())
