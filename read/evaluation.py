@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader
 from read.batch import ReadBatch
 from read.data.collate import ReadCollator
 from read.data.sample import Sample
+from read.errors import FileFormatError, UserError
 from read.metrics import IGNORE_VALUE, SegmentationMeter, existence_accuracy, intersection_union
 from read.model.read_model import ReadModel, ReadOutput
 from read.tokenizer import ReadTokenizer
@@ -143,7 +144,7 @@ class EvalResult:
     resumed: int = 0
 
 
-class ResumeMismatchError(ValueError):
+class ResumeMismatchError(UserError, ValueError):
     """``output_dir`` holds records of an evaluation with other settings."""
 
 
@@ -247,7 +248,7 @@ def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
             try:
                 yield json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not a JSON record ({e}); delete the file to start over") from e
+                raise FileFormatError(f"{path}:{n}: not a JSON record ({e}); delete the file to start over") from e
 
 
 def load_records(output_dir: str | Path) -> list[dict[str, Any]]:

@@ -23,8 +23,13 @@ from read.constants import IMAGE_TOKEN
 from read.data.collate import ReadCollator
 from read.data.sample import Query, Sample, empty_masks, single_turn
 from read.data.transforms import PreprocessedImage, load_image
+from read.errors import UserError
 from read.model.read_model import ReadModel
 from read.tokenizer import ReadTokenizer
+
+
+class QueryError(UserError, ValueError):
+    """A question that cannot be asked (empty, or containing the image placeholder)."""
 
 
 @dataclass
@@ -128,15 +133,15 @@ class ReadPredictor:
 
         Raises:
             RuntimeError: no image was set.
-            ValueError: the query is empty or contains ``<image>``.
+            QueryError: the query is empty or contains ``<image>``.
         """
         if self.image is None:
             raise RuntimeError("no image: call set_image(...) first")
         query = query.strip()
         if not query:
-            raise ValueError("the query is empty: ask something about the image")
+            raise QueryError("the query is empty: ask something about the image")
         if IMAGE_TOKEN in query:
-            raise ValueError(f"the query must not contain {IMAGE_TOKEN!r}; the image is inserted automatically")
+            raise QueryError(f"the query must not contain {IMAGE_TOKEN!r}; the image is inserted automatically")
         batch = self._batch(query).to(self.device)
         with torch.no_grad():
             new_tokens, out = self.model.generate(

@@ -35,6 +35,7 @@ from read.data.sample import (
     subsample,
 )
 from read.data.transforms import load_image
+from read.errors import ConfigError, MissingFileError
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ def read_reason_seg_json(path: str) -> ReasonSegAnnotation:
 def parse_reason_seg_data(spec: str) -> tuple[str, list[str]]:
     """``"ReasonSeg|train"`` -> ("ReasonSeg", ["train"]); several splits are joined with "_" ("train_val")."""
     if "|" not in spec:
-        raise ValueError(f"reason_seg_data must look like 'ReasonSeg|train', got {spec!r}")
+        raise ConfigError(f"data.reason_seg_data must look like 'ReasonSeg|train', got {spec!r}")
     folder, splits = spec.split("|", 1)
     return folder, [s for s in splits.split("_") if s]
 
@@ -122,7 +123,7 @@ def list_reason_seg_images(dataset_dir: str, folder: str, splits: list[str]) -> 
         split_dir = os.path.join(dataset_dir, "reason_seg", folder, split)
         found = sorted(glob.glob(os.path.join(split_dir, "*.jpg")))
         if not found:
-            raise FileNotFoundError(f"reason_seg: no *.jpg images in {split_dir}")
+            raise MissingFileError(f"reason_seg: no *.jpg images in {split_dir}")
         paths.extend(found)
     return paths
 

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from read.constants import SEG_TOKEN
+from read.errors import UserError
 
 USER = "user"
 ASSISTANT = "assistant"
@@ -22,7 +23,7 @@ ASSISTANT = "assistant"
 Message = tuple[str, "str | None"]
 
 
-class DataError(Exception):
+class DataError(UserError):
     """A sample cannot be built: unreadable image, missing or malformed annotation. The message names the file."""
 
 
