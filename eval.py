@@ -20,6 +20,8 @@ Examples::
 Writes ``<output_dir>/results.json`` (scores and every setting), ``<output_dir>/<mode>/predictions.jsonl`` (one
 line per query: counts, existence, generated text, mask as COCO RLE, SasP points) and, with ``--vis N``, pictures
 of the first N images under ``<output_dir>/<mode>/vis``. Rerunning the same command resumes an interrupted run.
+A user error (a missing or broken file, a bad setting) ends with one line ``error: ...`` and exit status 1;
+``--debug`` shows its traceback.
 """
 
 from __future__ import annotations
@@ -37,10 +39,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from read.cli import add_debug_flag, run_main
 from read.config import ReadConfig, parse_overrides
-from read.data.sample import DataError
 from read.data.refer import FALSE_PREMISE_DATASETS, REFER_DATASETS
-from read.evaluation import EvalConfig, EvalResult, ResumeMismatchError, evaluate, format_table
+from read.errors import ConfigError, MissingFileError
+from read.evaluation import EvalConfig, EvalResult, evaluate, format_table
 
 logger = logging.getLogger("eval")
 
@@ -105,9 +108,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="default: cuda:<LOCAL_RANK> if available, else cpu")
     p.add_argument("--no_progress", action="store_true")
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
+    add_debug_flag(p)
     args = p.parse_args(argv)
-    if args.batch_size < 1:
-        p.error("--batch_size must be >= 1")
+    if args.batch_size < 1 or args.max_new_tokens < 1:
+        p.error("--batch_size and --max_new_tokens must be >= 1")
+    if args.num_workers < 0 or args.vis < 0:
+        p.error("--num_workers and --vis must be >= 0")
     if args.vision_tower and not args.released:
         p.error("--vision_tower only applies with --released (a save_pretrained directory contains CLIP)")
     return args
@@ -134,7 +140,7 @@ def sasp_overrides(items: list[str]) -> dict[str, Any]:
     known = {f.name for f in dataclasses.fields(ReadConfig().sasp)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"--sasp: unknown key(s) {unknown}; known: {sorted(known)}")
+        raise ConfigError(f"--sasp: unknown key(s) {unknown}; known: {sorted(known)}")
     return values
 
 
@@ -167,7 +173,7 @@ def load_model(args: argparse.Namespace, device: torch.device) -> tuple[Any, Any
 
     model_dir = Path(args.model)
     if not model_dir.is_dir():
-        raise FileNotFoundError(f"--model: directory not found: {model_dir}")
+        raise MissingFileError(f"--model: directory not found: {model_dir}")
     overrides = sasp_overrides(args.sasp)
     dtype = DTYPES[args.precision] if args.precision else None
     if args.released:
@@ -183,7 +189,7 @@ def load_model(args: argparse.Namespace, device: torch.device) -> tuple[Any, Any
         from read.model.builder import CONFIG_NAME
 
         if not (model_dir / CONFIG_NAME).is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"--model: {model_dir} has no {CONFIG_NAME}; for an original READ/SESAME/LISA checkpoint add --released"
             )
         model = from_pretrained(model_dir, dtype=dtype, overrides={"sasp": overrides} if overrides else None)
@@ -195,7 +201,7 @@ def build_dataset(args: argparse.Namespace, generation: bool) -> Any:
     from read.data.eval_sets import build_eval_dataset
 
     if not Path(args.dataset_dir).is_dir():
-        raise FileNotFoundError(f"--dataset_dir: directory not found: {args.dataset_dir}")
+        raise MissingFileError(f"--dataset_dir: directory not found: {args.dataset_dir}")
     return build_eval_dataset(
         args.dataset_dir,
         args.dataset,
@@ -238,11 +244,9 @@ def main(argv: list[str] | None = None) -> dict[str, EvalResult]:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     modes = ("teacher", "generate") if args.mode == "both" else (args.mode,)
-    try:  # the dataset first: a wrong path should not wait for a 7B model to load
-        datasets = {m: build_dataset(args, generation=m == "generate") for m in modes}
-        model, tokenizer = load_model(args, device)
-    except (FileNotFoundError, ValueError, OSError, DataError) as e:
-        raise SystemExit(f"eval.py: error: {e}") from e
+    # the dataset first: a wrong path should not wait for a 7B model to load
+    datasets = {m: build_dataset(args, generation=m == "generate") for m in modes}
+    model, tokenizer = load_model(args, device)
 
     settings = {
         "model": str(Path(args.model).resolve()),
@@ -280,10 +284,7 @@ def main(argv: list[str] | None = None) -> dict[str, EvalResult]:
             progress=not args.no_progress,
         )
         fingerprint = {k: settings[k] for k in ("model", "released", "vision_tower", "prompts", "template_seed")}
-        try:
-            results[mode] = evaluate(model, tokenizer, datasets[mode], cfg, fingerprint=fingerprint)
-        except (ResumeMismatchError, DataError) as e:
-            raise SystemExit(f"eval.py: error: {e}") from e
+        results[mode] = evaluate(model, tokenizer, datasets[mode], cfg, fingerprint=fingerprint)
 
     if rank == 0:
         title = f"{args.dataset} {args.split}  ({Path(args.model).name}, {settings['precision']}, {args.conv_type})"
@@ -305,4 +306,4 @@ def main(argv: list[str] | None = None) -> dict[str, EvalResult]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_main(main))

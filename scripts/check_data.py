@@ -10,7 +10,8 @@ are missing or broken, or it has no usable sample), 0 otherwise.
 
 Names: the training types (reason_seg, refer_seg, neg_refer_seg, correct_refer_seg, sem_seg, vqa; each expands to
 the lists of ``DataConfig``) or single datasets (ReasonSeg, refcoco, ..., grefcoco, ade20k, ..., llava_instruct_150k).
-Without ``--decode`` images are only checked for presence; with it every image and label map is decoded.
+Without ``--decode`` images are only checked for presence; with it every image and label map is decoded. A bad
+argument (an unknown dataset name, a missing ``--dataset_dir``) ends with one line ``error: ...`` and exit status 1.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from read.cli import add_debug_flag, run_main  # noqa: E402
 from read.config import DataConfig  # noqa: E402
 from read.data.masks import reason_seg_mask  # noqa: E402
 from read.data.reason_seg import json_path_for, parse_reason_seg_data, read_reason_seg_json  # noqa: E402
@@ -32,6 +34,7 @@ from read.data.sample import DataError  # noqa: E402
 from read.data.sem_seg import SEM_SEG_DATASETS, LabelMapSource, build_sem_seg_source, load_label_map  # noqa: E402
 from read.data.transforms import load_image  # noqa: E402
 from read.data.vqa import VQADataset, vqa_messages  # noqa: E402
+from read.errors import ConfigError, MissingFileError  # noqa: E402
 
 TYPES = ("reason_seg", "refer_seg", "neg_refer_seg", "correct_refer_seg", "sem_seg", "vqa")
 MAX_LISTED = 50  # problems printed per dataset (all are counted)
@@ -234,7 +237,10 @@ def expand(names: list[str], cfg: DataConfig) -> list[tuple[str, str]]:
         elif name.startswith("llava"):
             out.append(("vqa", name))
         else:
-            raise SystemExit(f"check_data: unknown dataset name {name!r}")
+            raise ConfigError(
+                f"--datasets: unknown dataset name {name!r}; give a type ({', '.join(TYPES)}) or a dataset name "
+                f"(ReasonSeg, refcoco, ..., ade20k, ..., llava_instruct_150k)"
+            )
     seen, unique = set(), []
     for item in out:
         if item not in seen:
@@ -287,10 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decode", action="store_true", help="decode every image, label map and mask")
     parser.add_argument("--refer_protocol", choices=("read", "lisa"), default="read", help="refs-file convention")
     parser.add_argument("--reason_seg_data", default="ReasonSeg|train_val_test", help="ReasonSeg folder|splits")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     if not os.path.isdir(args.dataset_dir):
-        print(f"check_data: dataset_dir does not exist: {args.dataset_dir}", file=sys.stderr)
-        return 1
+        raise MissingFileError(f"--dataset_dir: directory not found: {args.dataset_dir}")
     cfg = DataConfig(dataset_dir=args.dataset_dir, refer_protocol=args.refer_protocol,
                      reason_seg_data=args.reason_seg_data)  # fmt: skip
     reports = run_checks(args.dataset_dir, args.datasets, cfg, args.decode)
@@ -299,4 +305,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

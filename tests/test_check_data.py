@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from fixtures import write_all
+from read.cli import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("check_data", ROOT / "scripts" / "check_data.py")
@@ -59,10 +60,13 @@ def test_missing_refs_file_is_unusable(root, capsys):
     assert "3 dataset(s) checked, 2 usable, 1 unusable" in out
 
 
-def test_missing_dataset_dir(tmp_path):
-    assert check_data.main(["--dataset_dir", str(tmp_path / "nope")]) == 1
+def test_missing_dataset_dir(tmp_path, capsys):
+    assert run_main(check_data.main, ["--dataset_dir", str(tmp_path / "nope")]) == 1
+    assert capsys.readouterr().err == f"error: --dataset_dir: directory not found: {tmp_path / 'nope'}\n"
 
 
-def test_unknown_name(root):
-    with pytest.raises(SystemExit, match="unknown dataset name 'imagenet'"):
-        check_data.main(["--dataset_dir", str(root), "--datasets", "imagenet"])
+def test_unknown_name(root, capsys):
+    assert run_main(check_data.main, ["--dataset_dir", str(root), "--datasets", "imagenet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --datasets: unknown dataset name 'imagenet'; give a type (reason_seg, ")
+    assert len(err.splitlines()) == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -13,6 +14,7 @@ import torch
 
 from released_fixtures import Sizes, write_clip_tower, write_released_checkpoint
 from test_eval_support import tiny_eval_model, write_reason_seg_split
+from read.cli import run_main
 from read.data import templates as T
 from read.data.eval_sets import build_eval_dataset
 from read.evaluation import EvalConfig, evaluate, rle_decode
@@ -150,7 +152,7 @@ def test_cli_defaults_for_fp_refcoco(cli):
         ({"--sasp": "t_pos=0.1"}, "sasp: need 0 <= t_neg < t_pos <= 1"),
     ],
 )
-def test_cli_errors_name_the_culprit(cli, model_dir, data_dir, tmp_path, change, message):
+def test_cli_errors_name_the_culprit(cli, model_dir, data_dir, tmp_path, capsys, change, message):
     (tmp_path / "EMPTY").mkdir()
     args = {"--model": str(model_dir), "--dataset_dir": str(data_dir), "--split": "val"}
     for k, v in change.items():
@@ -158,5 +160,7 @@ def test_cli_errors_name_the_culprit(cli, model_dir, data_dir, tmp_path, change,
     argv = ["--dataset", "ReasonSeg", "--output_dir", str(tmp_path / "out"), "--no_progress"]
     for k, v in args.items():
         argv += [k, v]
-    with pytest.raises(SystemExit, match=message):
-        cli.main(argv)
+    assert run_main(cli.main, argv) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert re.match(f"error: .*{message}", err)
