@@ -19,7 +19,10 @@ Examples::
 
 Writes ``<output_dir>/results.json`` (scores and every setting), ``<output_dir>/<mode>/predictions.jsonl`` (one
 line per query: counts, existence, generated text, mask as COCO RLE, SasP points) and, with ``--vis N``, pictures
-of the first N images under ``<output_dir>/<mode>/vis``. Rerunning the same command resumes an interrupted run.
+of the first N images under ``<output_dir>/<mode>/vis``. Rerunning the same command resumes an interrupted run,
+provided the weights' content, the data files and the settings are unchanged; otherwise it starts over and says why.
+A split with a missing image or with ground truth that cannot be scored is refused (the files are named);
+``--skip_invalid`` scores the valid queries only and lists the others in results.json.
 A user error (a missing or broken file, a bad setting) ends with one line ``error: ...`` and exit status 1;
 ``--debug`` shows its traceback.
 """
@@ -39,18 +42,19 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from read.cli import add_debug_flag, run_main
+from read.cli import add_debug_flag, check_output_dir, run_main
 from read.config import ReadConfig, parse_overrides
-from read.data.refer import FALSE_PREMISE_DATASETS, REFER_DATASETS
+from read.model.dtypes import PRECISIONS
+from read.data.refer import FALSE_PREMISE_DATASETS, REFER_DATASETS, REFER_PROTOCOLS
 from read.errors import ConfigError, MissingFileError
 from read.evaluation import EvalConfig, EvalResult, evaluate, format_table
+from read.fingerprint import DIGEST_CACHE, shared_weights_fingerprint
 
 logger = logging.getLogger("eval")
 
 DATASETS = ("ReasonSeg",) + tuple(REFER_DATASETS)
 # Evaluated by the reference's test_read.py / eval_sesame.py: generation, module-default vicuna_v1 template.
 GENERATION_DATASETS = tuple(FALSE_PREMISE_DATASETS) + ("R-refcoco", "R-refcoco+", "R-refcocog")
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 RESULTS_FILE = "results.json"
 
 
@@ -92,7 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--precision",
-        choices=tuple(DTYPES),
+        choices=tuple(PRECISIONS),
         default=None,
         help="default: the saved dtype; with --released bf16 on a GPU (the reference's setting), else fp32",
     )
@@ -100,7 +104,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max_new_tokens", type=int, default=512)
     p.add_argument("--num_workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=42, help="seed of the RefCOCO template draws (--prompts read)")
-    p.add_argument("--protocol", choices=("read", "lisa"), default="read", help="RefCOCO refs files (splitBy)")
+    p.add_argument(
+        "--protocol",
+        choices=REFER_PROTOCOLS,
+        default="auto",
+        help="RefCOCO refs files: READ/SESAME's refs(*_exclude_unified).p (read), the standard refs(unc|umd).p "
+        "(lisa), or auto: READ/SESAME's when present, else the standard one (the file used is printed and stored)",
+    )
+    p.add_argument(
+        "--skip_invalid",
+        action="store_true",
+        help="leave out queries whose ground truth cannot be scored (e.g. a degenerate polygon, an empty target) "
+        "instead of refusing the split; they are listed in results.json and the score is that of the valid queries",
+    )
     p.add_argument("--output_dir", default=None, help="default: outputs/eval/<model name>/<dataset>_<split>")
     p.add_argument("--no_resume", action="store_true", help="start over even if output_dir holds results")
     p.add_argument("--no_masks", action="store_true", help="do not store predicted masks (RLE) per query")
@@ -168,32 +184,22 @@ def init_distributed(device_arg: str | None) -> tuple[int, int, torch.device]:
 
 
 def load_model(args: argparse.Namespace, device: torch.device) -> tuple[Any, Any]:
-    """(model, tokenizer) from a save_pretrained directory or, with ``--released``, an original checkpoint."""
-    from read.tokenizer import ReadTokenizer
+    """(model, tokenizer) from a save_pretrained directory or, with ``--released``, an original checkpoint
+    (:func:`read.model.load_model`)."""
+    from read.model import load_model as load
 
-    model_dir = Path(args.model)
-    if not model_dir.is_dir():
-        raise MissingFileError(f"--model: directory not found: {model_dir}")
-    overrides = sasp_overrides(args.sasp)
-    dtype = DTYPES[args.precision] if args.precision else None
-    if args.released:
-        from read.model.released import CONFIG_FILE, checkpoint_family, load_released, read_json
-
-        family = checkpoint_family(read_json(model_dir / CONFIG_FILE), str(model_dir / CONFIG_FILE))
-        base = dataclasses.asdict(ReadConfig().sasp) | {"enabled": family == "read"}
-        sasp = ReadConfig.from_dict({"sasp": base | overrides}).sasp
-        torch_dtype = getattr(torch, dtype or ("bfloat16" if device.type == "cuda" else "float32"))
-        model, tokenizer, _ = load_released(model_dir, args.vision_tower, dtype=torch_dtype, sasp=sasp)
-    else:
-        from read.model import from_pretrained
-        from read.model.builder import CONFIG_NAME
-
-        if not (model_dir / CONFIG_NAME).is_file():
-            raise MissingFileError(
-                f"--model: {model_dir} has no {CONFIG_NAME}; for an original READ/SESAME/LISA checkpoint add --released"
-            )
-        model = from_pretrained(model_dir, dtype=dtype, overrides={"sasp": overrides} if overrides else None)
-        tokenizer = ReadTokenizer.from_pretrained(model_dir)
+    if not Path(args.model).is_dir():
+        raise MissingFileError(f"--model: directory not found: {args.model}")
+    dtype = PRECISIONS[args.precision] if args.precision else None
+    if dtype is None and args.released:
+        dtype = "bfloat16" if device.type == "cuda" else "float32"
+    model, tokenizer = load(
+        args.model,
+        released=args.released,
+        vision_tower=args.vision_tower,
+        dtype=dtype,
+        sasp_overrides=sasp_overrides(args.sasp),
+    )
     return model.to(device).eval(), tokenizer
 
 
@@ -210,7 +216,18 @@ def build_dataset(args: argparse.Namespace, generation: bool) -> Any:
         generation=generation,
         seed=args.seed,
         protocol=args.protocol,
+        skip_invalid=args.skip_invalid,
     )
+
+
+def weight_directories(args: argparse.Namespace) -> dict[str, Any]:
+    """The directories whose files make up the model: the checkpoint and, for a released one, the CLIP tower."""
+    tower = args.vision_tower
+    if args.released and tower is None:
+        from read.model.released import CONFIG_FILE, read_json, resolve_vision_tower
+
+        tower = resolve_vision_tower(None, read_json(Path(args.model) / CONFIG_FILE), args.model)
+    return {"model": args.model, "vision_tower": tower}
 
 
 def template_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -238,6 +255,7 @@ def template_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, EvalResult]:
     args = resolve_defaults(parse_args(argv))
+    check_output_dir(args.output_dir, "--output_dir")
     rank, world_size, device = init_distributed(args.device)
     logging.basicConfig(
         level=logging.INFO if rank == 0 else logging.WARNING,
@@ -247,6 +265,8 @@ def main(argv: list[str] | None = None) -> dict[str, EvalResult]:
     # the dataset first: a wrong path should not wait for a 7B model to load
     datasets = {m: build_dataset(args, generation=m == "generate") for m in modes}
     model, tokenizer = load_model(args, device)
+    weights = shared_weights_fingerprint(weight_directories(args), Path(args.output_dir) / DIGEST_CACHE)
+    split_set = next(iter(datasets.values()))
 
     settings = {
         "model": str(Path(args.model).resolve()),
@@ -255,13 +275,15 @@ def main(argv: list[str] | None = None) -> dict[str, EvalResult]:
         "dataset": args.dataset,
         "split": args.split,
         "dataset_dir": str(Path(args.dataset_dir).resolve()),
-        "num_images": len(next(iter(datasets.values()))),
+        "num_images": len(split_set),
+        "skip_invalid": args.skip_invalid,
         "modes": list(modes),
         "prompts": args.prompts,
         "templates": template_settings(args),
         "conv_type": args.conv_type,
         "template_seed": args.seed,
         "refer_protocol": args.protocol,
+        "refs_file": split_set.settings().get("refs_file"),
         "sasp": dataclasses.asdict(model.config.sasp),
         "precision": str(next(model.parameters()).dtype).replace("torch.", ""),
         "max_new_tokens": args.max_new_tokens,
@@ -283,18 +305,23 @@ def main(argv: list[str] | None = None) -> dict[str, EvalResult]:
             vis=args.vis,
             progress=not args.no_progress,
         )
-        fingerprint = {k: settings[k] for k in ("model", "released", "vision_tower", "prompts", "template_seed")}
+        fingerprint = {"weights": weights, **{k: settings[k] for k in ("released", "prompts", "template_seed")}}
         results[mode] = evaluate(model, tokenizer, datasets[mode], cfg, fingerprint=fingerprint)
 
     if rank == 0:
         title = f"{args.dataset} {args.split}  ({Path(args.model).name}, {settings['precision']}, {args.conv_type})"
         print(format_table(results, title))
+        if split_set.invalid:
+            print(f"left out (--skip_invalid): {len(split_set.invalid)} annotation(s) whose ground truth cannot be "
+                  f"scored; listed under 'invalid' in {RESULTS_FILE}")  # fmt: skip
         out = {
             "settings": settings,
             "results": {
-                m: {**r.scores, "evaluated_images": r.evaluated, "resumed_images": r.resumed}
+                m: {**r.scores, "evaluated_images": r.evaluated, "resumed_images": r.resumed,
+                    "restart_reason": r.restart_reason}
                 for m, r in results.items()
-            },
+            },  # fmt: skip
+            "invalid": split_set.invalid,
         }
         path = Path(args.output_dir) / RESULTS_FILE
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,11 @@ Every epoch is ``train.steps_per_epoch`` optimizer steps over the training mixtu
 validation on ``data.val_dataset``/``data.val_split`` (unless ``train.eval_every_epoch=false``) and a checkpoint:
 the latest one (for ``--resume``) and the best one by validation cIoU (for ``scripts/export_model.py``).
 
+``--resume`` compares the config with the one stored in the checkpoint: a change that breaks an exact resume (batch,
+accumulation, lr and schedule, data mixture, seed, precision, model shape ...) is refused with the diff unless
+``--accept_config_changes`` is given; every change let through is appended to ``<run>/config_changes.jsonl``
+(``read.training.resume``).
+
 Everything in the config is checked, and the datasets and the resumed checkpoint are opened, before anything is
 written to ``train.output_dir``. A user error (bad config, missing file, unsafe checkpoint, full disk) ends with
 one line ``error: ...`` and exit status 1; ``--debug`` shows its traceback.
@@ -61,6 +66,7 @@ from read.training.engine import (
 )
 from read.training.logging import ProgressLogger
 from read.training.loop import TrainState, epoch_sampler, train_step, validate
+from read.training.resume import ConfigChange, check_resume_config, record_config_changes
 from read.training.safe_checkpoint import scan_checkpoint, weights_only_loads
 
 logger = logging.getLogger("train_ds")
@@ -89,6 +95,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", required=True, help="YAML config (configs/*.yaml)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=1e-4 sasp.num_points=60")
     p.add_argument("--resume", default=None, help="'auto' (latest checkpoint of train.output_dir, if any) or a path")
+    p.add_argument(
+        "--accept_config_changes",
+        action="store_true",
+        help="resume even if the config differs from the checkpoint's in keys that break an exact resume (lr, "
+        "batch, schedule, data, seed, model ...); the changes are recorded in <run>/config_changes.jsonl",
+    )
     p.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher")
     add_debug_flag(p)
     return p.parse_args(argv)
@@ -100,11 +112,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def setup(cfg: ReadConfig, resume: str | None = None, local_rank: int | None = None) -> Run:
+def setup(
+    cfg: ReadConfig, resume: str | None = None, local_rank: int | None = None, accept_config_changes: bool = False
+) -> Run:
     """Process group, tokenizer, model + LoRA, datasets, DeepSpeed engine, and the resumed state if any.
 
-    Nothing is written to ``train.output_dir`` before all of these exist: a config, data or checkpoint problem
-    raises (a :class:`read.errors.UserError`) and leaves no trace there.
+    Resuming checks the checkpoint's files and its config against this one first (see the module docstring), before
+    anything is built. Nothing is written to ``train.output_dir`` before all of these exist: a config, data or
+    checkpoint problem raises (a :class:`read.errors.UserError`) and leaves no trace there.
     """
     dist = setup_distributed(local_rank)
     precision = resolve_precision(cfg.train.precision, dist.device)
@@ -121,8 +136,15 @@ def setup(cfg: ReadConfig, resume: str | None = None, local_rank: int | None = N
             f"{run_dir} already holds checkpoints: pass --resume auto to continue that run, or set another "
             f"train.output_dir"
         )
+    changes: list[ConfigChange] = []
     if ckpt is not None:
         scan_checkpoint(ckpt)  # refuse a tampered checkpoint before building anything
+        stored = read_json(ckpt / META_FILE)["config"]
+        changes = check_resume_config(stored, checkpoint_config(cfg), accept=accept_config_changes,
+                                      checkpoint=str(ckpt))  # fmt: skip
+        for change in changes:
+            logger.warning("config differs from the checkpoint's: %s%s", change,
+                           "" if change.breaks_exact_resume else " (does not change what is computed)")  # fmt: skip
     logger.info("world size %d, device %s, precision %s", dist.world_size, dist.device, precision)
 
     seed_everything(cfg.train.seed)
@@ -140,7 +162,12 @@ def setup(cfg: ReadConfig, resume: str | None = None, local_rank: int | None = N
     if cfg.train.eval_every_epoch:
         d = cfg.data
         val_set = build_eval_dataset(d.dataset_dir, d.val_dataset, d.val_split, prompts=d.eval_prompts,
-                                     seed=cfg.train.seed, protocol=d.refer_protocol)  # fmt: skip
+                                     seed=cfg.train.seed, protocol=d.refer_protocol,
+                                     skip_invalid=d.val_skip_invalid)  # fmt: skip
+        if val_set.invalid:
+            logger.warning("validation leaves out %d annotation(s) whose ground truth cannot be scored "
+                           "(data.val_skip_invalid): %s", len(val_set.invalid),
+                           "; ".join(i["problem"] for i in val_set.invalid))  # fmt: skip
     engine = create_engine(model, cfg, dist, precision)
     seed_everything(cfg.train.seed + dist.rank)  # per-rank dropout streams
 
@@ -151,7 +178,10 @@ def setup(cfg: ReadConfig, resume: str | None = None, local_rank: int | None = N
         logger.info("resumed from %s at epoch %d, step %d", ckpt, state.epoch + 1, state.global_step)
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(run_dir / "config.json")
+        cfg.save(run_dir / "config.json")  # the config in effect; what changed on a resume is in config_changes.jsonl
+        if changes:
+            step = read_json(ckpt / STATE_FILE)["global_step"]
+            record_config_changes(run_dir, step, changes, accepted=accept_config_changes)
     return Run(cfg, dist, precision, engine, tokenizer, collator, train_set, val_set, checkpoints, state,
                exclude_frozen)  # fmt: skip
 
@@ -194,7 +224,7 @@ def train(run: Run) -> TrainState:
             batches = iter(train_loader(run, state.epoch, state.step_in_epoch))
             while state.step_in_epoch < t.steps_per_epoch:
                 result = train_step(run.engine, batches, run.dist.device)
-                state.record_step(result.applied, t.max_nonfinite_steps)
+                state.record_step(result.applied, t.max_nonfinite_steps, result.skipped_samples)
                 progress.log_step(state, result)
                 mid_epoch = state.step_in_epoch < t.steps_per_epoch
                 if t.save_every and state.global_step % t.save_every == 0 and mid_epoch:
@@ -222,16 +252,22 @@ def evaluate(run: Run) -> dict[str, float]:
         return validate(module, run.tokenizer, run.val_set, run.cfg)
 
 
-def save_checkpoint(run: Run, is_best: bool) -> Path:
-    """Write the latest checkpoint atomically (and point ``best`` at it if ``is_best``); collective."""
-    module = run.engine.module
-    config = run.cfg.to_dict()
-    for key in PATH_FIELDS:  # the exporter may run from another directory
+def checkpoint_config(cfg: ReadConfig) -> dict[str, Any]:
+    """The config as a checkpoint stores it: a dict with the model's paths made absolute (the exporter may run from
+    another directory)."""
+    config = cfg.to_dict()
+    for key in PATH_FIELDS:
         value = config["model"][key]
         if value and Path(value).exists():
             config["model"][key] = str(Path(value).resolve())
+    return config
+
+
+def save_checkpoint(run: Run, is_best: bool) -> Path:
+    """Write the latest checkpoint atomically (and point ``best`` at it if ``is_best``); collective."""
+    module = run.engine.module
     meta = {
-        "config": config,
+        "config": checkpoint_config(run.cfg),
         "vocab_size": len(run.tokenizer),  # = embedding rows (checked when the model was built)
         "seg_token_id": module.seg_token_id,
         "image_token_id": module.image_token_id,
@@ -253,12 +289,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if main_rank else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     cfg = load_config(args.config, args.overrides)
-    run = setup(cfg, args.resume, args.local_rank)
+    run = setup(cfg, args.resume, args.local_rank, args.accept_config_changes)
     state = train(run)
     if run.dist.is_main:
         best = "" if state.best_ciou is None else f"best cIoU {state.best_ciou:.4f} (epoch {state.best_epoch + 1})"
-        logger.info("done: %d steps, %d skipped; %s; checkpoints in %s", state.global_step, state.skipped_steps,
-                    best, run.checkpoints.root)  # fmt: skip
+        logger.info("done: %d steps, %d skipped (non-finite), %d bad samples skipped; %s; checkpoints in %s",
+                    state.global_step, state.skipped_steps, state.skipped_samples, best,
+                    run.checkpoints.root)  # fmt: skip
     return 0
 
 

@@ -3,8 +3,9 @@
 Every entry point (``train_ds.py``, ``eval.py``, ``chat.py``, ``scripts/export_model.py``, ``scripts/check_data.py``,
 ...) runs its ``main`` through :func:`run_main`. A :class:`read.errors.UserError` (a missing or corrupt file, a bad
 config value, an unsafe checkpoint, a full disk) is printed to stderr as ``error: <message>`` and the process exits
-with status 1. Any other exception is a bug and propagates with its traceback. ``--debug`` (see
-:func:`add_debug_flag`) or the environment variable ``READ_DEBUG=1`` shows the traceback of user errors too.
+with status 1 (``scripts/check_data.py``: 2). Any other exception is a bug and propagates with its traceback.
+``--debug`` (see :func:`add_debug_flag`) or the environment variable ``READ_DEBUG=1`` shows the traceback of user
+errors too.
 """
 
 from __future__ import annotations
@@ -53,15 +54,19 @@ def debug_requested(argv: Sequence[str]) -> bool:
     return DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
-def run_main(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> int:
+def run_main(
+    main: Callable[[list[str]], Any], argv: Sequence[str] | None = None, *, error_status: int = USER_ERROR_EXIT
+) -> int:
     """Run ``main(argv)`` and turn its outcome into an exit status.
 
     Arguments:
         main: the tool's entry point; it returns an exit status (an int), or anything else for success.
         argv: the arguments (default ``sys.argv[1:]``).
+        error_status: the status after a user error (1; ``scripts/check_data.py`` uses 2, its "unusable").
 
     Returns:
-        ``main``'s status (0 when it returned something else), or 1 after printing a user error as one line.
+        ``main``'s status (0 when it returned something else), or ``error_status`` after printing a user error as
+        one line.
     """
     args = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -70,5 +75,5 @@ def run_main(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None
         if debug_requested(args):
             raise
         print(f"error: {str(e).strip()}", file=sys.stderr, flush=True)
-        return USER_ERROR_EXIT
+        return error_status
     return result if isinstance(result, int) and not isinstance(result, bool) else 0

@@ -73,6 +73,12 @@ class SamConfig:
     decoder_depth: int = 2
     decoder_mlp_dim: int = 2048
     decoder_num_heads: int = 8
+    # Sizes every SAM release shares; checkpoints of other shapes (read.model.released infers them) set them.
+    encoder_mlp_ratio: float = 4.0
+    mask_in_chans: int = 16  # channels of the prompt encoder's mask down-scaling
+    num_multimask_outputs: int = 3
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 256
 
     @property
     def embedding_size(self) -> int:
@@ -122,6 +128,11 @@ class SaspConfig:
     t_neg: float = 0.2
     down_sample: int = 2
     dtoc_radius: int = 10  # soft-argmax window half-size in pixels (weights vanish beyond ~9.4 px)
+    # How the CLIP centre crop is undone when the maps are laid over the image (read.sasp.pad_geometry):
+    # "reference" = READ's arithmetic, which the released checkpoints were trained with; "clip" = the CLIP
+    # processor's exact crop (moves the coarse cells on images whose crop excess is odd). A saved model whose
+    # read_config.json predates this key was trained with "clip" and loads with it.
+    geometry: Literal["reference", "clip"] = "reference"
 
 
 @dataclass
@@ -172,13 +183,17 @@ class DataConfig:
     strict: bool = False  # a bad sample raises instead of being skipped and counted
     # Training question/answer lists: "read" (READ/SESAME qa_template) or "lisa" (LISA's short lists).
     templates: Literal["read", "lisa"] = "read"
-    # Refs files: "read" (SESAME *_exclude_unified) or "lisa" (standard unc/umd).
-    refer_protocol: Literal["read", "lisa"] = "read"
+    # Refs files: "auto" (SESAME's *_exclude_unified file when present, else the standard one; the choice is logged),
+    # "read" (only SESAME *_exclude_unified) or "lisa" (only the standard unc/umd).
+    refer_protocol: Literal["auto", "read", "lisa"] = "auto"
     reason_seg_fp_prob: float = 0.15  # ReasonSeg false-premise correction (only images with false_premise_QA)
     sem_seg_denial_prob: float = 0.07  # sem_seg false-premise denial
     sem_seg_correction_prob: float = 0.08  # sem_seg false-premise correction
     max_sample_attempts: int = 20  # consecutive bad samples tolerated per index before giving up
     eval_prompts: Literal["read", "lisa"] = "read"  # evaluation prompt templates (read.data.eval_sets)
+    # Validation split with unusable ground truth (e.g. a degenerate polygon): refuse to train (false, the files
+    # are named) or validate on the usable queries only (true, the left-out files are logged).
+    val_skip_invalid: bool = False
 
 
 @dataclass
@@ -234,6 +249,17 @@ class ReadConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
 
+def fill_saved_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """A config dict read back from a saved model or checkpoint, completed for keys added after it was written
+    with the value that reproduces how that model was trained (not today's default): ``sasp.geometry`` "clip",
+    the only crop geometry before the key existed. Returns a new dict."""
+    out = dict(data)
+    sasp = out.get("sasp")
+    if isinstance(sasp, dict) and "geometry" not in sasp:
+        out["sasp"] = {**sasp, "geometry": "clip"}
+    return out
+
+
 def validate(cfg: ReadConfig) -> None:
     """Cross-field and range checks; raises :class:`ConfigError` naming the offending key."""
     _validate_model(cfg.model)
@@ -245,6 +271,8 @@ def validate(cfg: ReadConfig) -> None:
         raise ConfigError(f"sasp: need 0 <= t_neg < t_pos <= 1, got t_neg={s.t_neg}, t_pos={s.t_pos}")
     if s.num_points < 1 or s.down_sample < 1 or s.dtoc_radius < 1:
         raise ConfigError("sasp.num_points, sasp.down_sample and sasp.dtoc_radius must be >= 1")
+    if s.geometry not in ("reference", "clip"):
+        raise ConfigError(f"sasp.geometry must be 'reference' or 'clip', got {s.geometry!r}")
     side = cfg.model.vision.image_size // cfg.model.vision.patch_size
     if s.enabled and side % s.down_sample != 0:
         raise ConfigError(f"sasp.down_sample={s.down_sample} must divide the image-token grid side {side}")

@@ -278,7 +278,7 @@ def test_chat_accepts_quoted_and_home_relative_paths(model_dir, image_path, tmp_
     argv = ["--model", str(model_dir), "--image", "'~/my scene.png'", "--query", "the circle", "--out_dir",
             str(out), "--max_new_tokens", "2"]  # fmt: skip
     assert run_main(chat.main, argv) == 0
-    assert (out / "my scene_000_side_by_side.png").is_file()
+    assert len(list(out.glob("*/my scene_000_side_by_side.png"))) == 1  # in this run's folder under --out_dir
     capsys.readouterr()
     # the interactive loop reads the same forms
     answers = iter(['"~/my scene.png"', "where is it?"])

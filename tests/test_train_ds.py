@@ -20,6 +20,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from fixtures import write_bad_reason_seg_items
 from model_utils import SEG, TINY_CONFIG, make_batch, tiny_config, tiny_model
 from read.cli import run_main
 from read.config import load_config
@@ -38,6 +39,7 @@ from read.training.loop import (
     install_nonfinite_guard,
     train_step,
 )
+from read.training.resume import ResumeConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT / "tests" / "assets" / "tiny_tokenizer"
@@ -116,7 +118,11 @@ def ds_world():
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    return make_data(tmp_path_factory.mktemp("synthetic"))
+    """The synthetic set plus unusable training files (a 2-point polygon, a truncated JPEG, an annotation without its
+    image): training skips them, counted."""
+    root = make_data(tmp_path_factory.mktemp("synthetic"))
+    write_bad_reason_seg_items(root, "train", size=(48, 48))
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +161,17 @@ def test_trains_logs_and_checkpoints(run_a):
     assert kept == sorted({manager.latest().name, manager.best().name})  # older ones were pruned
     assert json.loads((out / "config.json").read_text())["train"]["steps_per_epoch"] == 2
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    # bad samples skipped while drawing each epoch's data: counted per step and per epoch, shown in the summary line
+    expected = []
+    for epoch in (0, 1):
+        run.train_set.set_epoch(epoch)
+        expected.append(sum(run.train_set[i].skipped for i in range(len(run.train_set))))
+    assert sum(expected) > 0
+    assert [e["skipped_samples"] for e in epochs] == expected
+    assert sum(row["skipped_samples"] for row in rows.values()) == sum(expected) == state.skipped_samples
+    assert [f"skipped steps 0, bad samples {n} |" in h["summary"] for h, n in zip(state.history, expected)] == [
+        True, True
+    ]
 
 
 class _Crash(Exception):
@@ -196,6 +213,48 @@ def test_resume_after_crash_matches_uninterrupted_run(run_a, data_dir, tmp_path,
     wa = consolidated_state_dict(CheckpointManager(out_a).latest(), exclude_frozen=False)
     wb = consolidated_state_dict(CheckpointManager(out).latest(), exclude_frozen=False)
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_with_a_changed_config_is_refused_unless_accepted(run_a, data_dir, tmp_path):
+    """``--resume auto train.lr=5e-2 train.batch_size=2`` is refused with the diff and nothing is written; a change
+    that does not alter the computation goes through; --accept_config_changes lets the others through too. Every
+    change let through is recorded in config_changes.jsonl."""
+    _, _, out_a = run_a
+    out = tmp_path / "run"
+    shutil.copytree(out_a, out)
+    train_ds = load_train_ds()
+    base = train_overrides(data_dir, out, "lora.dropout=0.1", "train.save_every=1")
+    changed = load_config(TINY_CONFIG, base + ["train.lr=5e-2", "train.batch_size=2"])
+    config_before = (out / "config.json").read_text()
+    with pytest.raises(ResumeConfigError) as caught:
+        train_ds.setup(changed, resume="auto")
+    message = str(caught.value)
+    assert message.startswith(f"{out / 'checkpoints' / 'step_00000004'} was written with another config")
+    assert "would not continue that run: train.batch_size: 1 -> 2; train.lr: 0.001 -> 0.05. " in message
+    assert "--accept_config_changes" in message
+    assert (out / "config.json").read_text() == config_before and not (out / "config_changes.jsonl").exists()
+
+    def recorded() -> list[dict]:
+        return [json.loads(line) for line in (out / "config_changes.jsonl").read_text().splitlines()]
+
+    train_ds.setup(load_config(TINY_CONFIG, base + ["train.log_every=2"]), resume="auto")
+    (row,) = recorded()
+    assert (row["step"], row["accepted"]) == (4, False)
+    assert row["changes"] == [
+        {"key": "train.log_every", "old": 1, "new": 2, "breaks_exact_resume": False},
+        {"key": "train.output_dir", "old": str(out_a), "new": str(out), "breaks_exact_resume": False},
+    ]
+
+    run = train_ds.setup(changed, resume="auto", accept_config_changes=True)
+    assert run.state.global_step == 4 and run.cfg.train.lr == 5e-2
+    row = recorded()[-1]
+    assert row["accepted"] is True
+    assert [(c["key"], c["old"], c["new"], c["breaks_exact_resume"]) for c in row["changes"]] == [
+        ("train.batch_size", 1, 2, True),
+        ("train.lr", 1e-3, 5e-2, True),
+        ("train.output_dir", str(out_a), str(out), False),
+    ]
+    assert json.loads((out / "config.json").read_text())["train"]["lr"] == 5e-2  # the config in effect
 
 
 def test_export_equals_training_model(run_a, tmp_path):

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from read.config import ReadConfig
+from read.config import ReadConfig, fill_saved_defaults
 from read.errors import ConfigError, FileFormatError, MissingFileError
 from read.model import ReadModel, build_read_model, save_pretrained
 from read.model.builder import cast_model
@@ -74,7 +74,7 @@ def rebuild_training_model(checkpoint: str | Path) -> tuple[ReadModel, ReadConfi
     if any(k not in meta for k in keys):
         raise FileFormatError(f"{ckpt / META_FILE}: expected the keys {', '.join(keys)}; the checkpoint is damaged")
     try:
-        cfg = ReadConfig.from_dict(meta["config"])
+        cfg = ReadConfig.from_dict(fill_saved_defaults(meta["config"]))
     except ConfigError as e:
         raise ConfigError(f"{ckpt / META_FILE}: {e}") from e
     cfg.model.tokenizer_path = meta["tokenizer_path"]
