@@ -7,20 +7,29 @@
 For every answer it saves the mask overlay, the similarity heat map with the SasP points, and a side-by-side PNG into
 a new folder of this run under ``--out_dir`` (``<out_dir>/<date>-<time>/``, so an earlier run's pictures are never
 overwritten or mixed in), and prints where. A question too long for the model's context is refused. Press Enter at
-the image prompt to keep asking about the previous image (its encodings are cached); Ctrl-D or Ctrl-C exits.
+the image prompt to keep asking about the previous image (its encodings are cached); Ctrl-D or Ctrl-C exits. Image paths may be quoted or start
+with ``~``.
+
+A user error (a missing or broken model, a bad setting, an unreadable image in one-shot mode) ends with one line
+``error: ...`` and exit status 1; ``--debug`` shows its traceback. In the interactive loop such an error is printed
+and the loop goes on.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from read.data.transforms import ImageLoadError
+from read.cli import add_debug_flag, check_output_dir, run_main
+from read.data.conversation import CONV_TEMPLATES
+from read.data.transforms import load_image
+from read.errors import MissingFileError, UserError
 from read.inference import Prediction, ReadPredictor
 from read.model.dtypes import PRECISIONS
 from read.outputs import RunFolder
@@ -41,15 +50,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--load_in_8bit", action="store_true", help="8-bit LM weights via bitsandbytes (GPU)")
     p.add_argument("--load_in_4bit", action="store_true", help="4-bit LM weights via bitsandbytes (GPU)")
-    p.add_argument("--conv_type", default="llava_v1", help="conversation template (llava_v1, vicuna_v1, llava_llama_2)")
+    p.add_argument("--conv_type", default="llava_v1", choices=sorted(CONV_TEMPLATES), help="conversation template")
     p.add_argument("--max_new_tokens", type=int, default=128)
     p.add_argument("--sasp", nargs="*", default=[], metavar="KEY=VALUE", help="SasP overrides, e.g. num_points=60")
+    add_debug_flag(p)
     args = p.parse_args(argv)
+    if args.max_new_tokens < 1:
+        p.error("--max_new_tokens must be >= 1")
     if (args.image is None) != (args.query is None):
         p.error("--image and --query go together (give both for a one-shot answer, neither for the chat)")
     if args.load_in_8bit and args.load_in_4bit:
         p.error("choose one of --load_in_8bit / --load_in_4bit")
     return args
+
+
+def clean_path(text: str) -> str:
+    """A path as typed or pasted: surrounding whitespace and matching quotes removed, ``~`` expanded."""
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        text = text[1:-1].strip()
+    return os.path.expanduser(text)
 
 
 def load(args: argparse.Namespace):
@@ -61,12 +81,13 @@ def load(args: argparse.Namespace):
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
     sasp = parse_overrides(args.sasp) if args.sasp else {}
-    if not Path(args.model).is_dir():
-        raise FileNotFoundError(f"--model {args.model} is not a directory")
+    model_dir = Path(clean_path(args.model))
+    if not model_dir.is_dir():
+        raise MissingFileError(f"--model {model_dir} is not a directory")
     model, tokenizer = load_model(
-        args.model,
+        model_dir,
         released=args.released,
-        vision_tower=args.vision_tower,
+        vision_tower=clean_path(args.vision_tower) if args.vision_tower else None,
         dtype=PRECISIONS[precision],
         sasp_overrides=sasp,
     )
@@ -116,11 +137,11 @@ def interact(predictor: ReadPredictor, out: RunFolder) -> int:
     print("Ask about an image. Enter an image path (Enter: keep the current image), then a question. Ctrl-D exits.")
     while True:
         try:
-            path = input("image> ").strip()
+            path = clean_path(input("image> "))
             if path:
                 try:
                     predictor.set_image(path)
-                except (ImageLoadError, ValueError) as e:
+                except UserError as e:
                     print(f"error: {e}")
                     continue
             elif predictor.image is None:
@@ -132,7 +153,7 @@ def interact(predictor: ReadPredictor, out: RunFolder) -> int:
                 continue
             try:
                 answer(predictor, query, out, turn)
-            except ValueError as e:
+            except UserError as e:
                 print(f"error: {e}")
                 continue
             turn += 1
@@ -144,23 +165,20 @@ def interact(predictor: ReadPredictor, out: RunFolder) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        model, tokenizer = load(args)
-    except (FileNotFoundError, ValueError, ImportError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    out_dir = Path(clean_path(args.out_dir))
+    check_output_dir(out_dir, "--out_dir")  # before the model loads and the answer is computed
+    image = clean_path(args.image) if args.image is not None else None
+    if image is not None:
+        load_image(image)  # a bad image path fails before the model loads
+    model, tokenizer = load(args)
     predictor = ReadPredictor(model, tokenizer, conv_type=args.conv_type, max_new_tokens=args.max_new_tokens)
-    out = RunFolder(args.out_dir)
-    if args.image is not None:
-        try:
-            predictor.set_image(args.image)
-            answer(predictor, args.query, out, 0)
-        except (ImageLoadError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+    out = RunFolder(out_dir)
+    if image is not None:
+        predictor.set_image(image)
+        answer(predictor, args.query, out, 0)
         return 0
     return interact(predictor, out)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

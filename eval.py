@@ -23,6 +23,8 @@ of the first N images under ``<output_dir>/<mode>/vis``. Rerunning the same comm
 provided the weights' content, the data files and the settings are unchanged; otherwise it starts over and says why.
 A split with a missing image or with ground truth that cannot be scored is refused (the files are named);
 ``--skip_invalid`` scores the valid queries only and lists the others in results.json.
+A user error (a missing or broken file, a bad setting) ends with one line ``error: ...`` and exit status 1;
+``--debug`` shows its traceback.
 """
 
 from __future__ import annotations
@@ -40,10 +42,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from read.cli import add_debug_flag, check_output_dir, run_main
 from read.config import ReadConfig, parse_overrides
 from read.model.dtypes import PRECISIONS
-from read.data.sample import DataError
 from read.data.refer import FALSE_PREMISE_DATASETS, REFER_DATASETS, REFER_PROTOCOLS
+from read.errors import ConfigError, MissingFileError
 from read.evaluation import EvalConfig, EvalResult, evaluate, format_table
 from read.fingerprint import DIGEST_CACHE, shared_weights_fingerprint
 
@@ -121,9 +124,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="default: cuda:<LOCAL_RANK> if available, else cpu")
     p.add_argument("--no_progress", action="store_true")
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
+    add_debug_flag(p)
     args = p.parse_args(argv)
-    if args.batch_size < 1:
-        p.error("--batch_size must be >= 1")
+    if args.batch_size < 1 or args.max_new_tokens < 1:
+        p.error("--batch_size and --max_new_tokens must be >= 1")
+    if args.num_workers < 0 or args.vis < 0:
+        p.error("--num_workers and --vis must be >= 0")
     if args.vision_tower and not args.released:
         p.error("--vision_tower only applies with --released (a save_pretrained directory contains CLIP)")
     return args
@@ -150,7 +156,7 @@ def sasp_overrides(items: list[str]) -> dict[str, Any]:
     known = {f.name for f in dataclasses.fields(ReadConfig().sasp)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"--sasp: unknown key(s) {unknown}; known: {sorted(known)}")
+        raise ConfigError(f"--sasp: unknown key(s) {unknown}; known: {sorted(known)}")
     return values
 
 
@@ -183,7 +189,7 @@ def load_model(args: argparse.Namespace, device: torch.device) -> tuple[Any, Any
     from read.model import load_model as load
 
     if not Path(args.model).is_dir():
-        raise FileNotFoundError(f"--model: directory not found: {args.model}")
+        raise MissingFileError(f"--model: directory not found: {args.model}")
     dtype = PRECISIONS[args.precision] if args.precision else None
     if dtype is None and args.released:
         dtype = "bfloat16" if device.type == "cuda" else "float32"
@@ -201,7 +207,7 @@ def build_dataset(args: argparse.Namespace, generation: bool) -> Any:
     from read.data.eval_sets import build_eval_dataset
 
     if not Path(args.dataset_dir).is_dir():
-        raise FileNotFoundError(f"--dataset_dir: directory not found: {args.dataset_dir}")
+        raise MissingFileError(f"--dataset_dir: directory not found: {args.dataset_dir}")
     return build_eval_dataset(
         args.dataset_dir,
         args.dataset,
@@ -249,18 +255,17 @@ def template_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, EvalResult]:
     args = resolve_defaults(parse_args(argv))
+    check_output_dir(args.output_dir, "--output_dir")
     rank, world_size, device = init_distributed(args.device)
     logging.basicConfig(
         level=logging.INFO if rank == 0 else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     modes = ("teacher", "generate") if args.mode == "both" else (args.mode,)
-    try:  # the dataset first: a wrong path should not wait for a 7B model to load
-        datasets = {m: build_dataset(args, generation=m == "generate") for m in modes}
-        model, tokenizer = load_model(args, device)
-        weights = shared_weights_fingerprint(weight_directories(args), Path(args.output_dir) / DIGEST_CACHE)
-    except (FileNotFoundError, ValueError, OSError, DataError) as e:
-        raise SystemExit(f"eval.py: error: {e}") from e
+    # the dataset first: a wrong path should not wait for a 7B model to load
+    datasets = {m: build_dataset(args, generation=m == "generate") for m in modes}
+    model, tokenizer = load_model(args, device)
+    weights = shared_weights_fingerprint(weight_directories(args), Path(args.output_dir) / DIGEST_CACHE)
     split_set = next(iter(datasets.values()))
 
     settings = {
@@ -301,10 +306,7 @@ def main(argv: list[str] | None = None) -> dict[str, EvalResult]:
             progress=not args.no_progress,
         )
         fingerprint = {"weights": weights, **{k: settings[k] for k in ("released", "prompts", "template_seed")}}
-        try:
-            results[mode] = evaluate(model, tokenizer, datasets[mode], cfg, fingerprint=fingerprint)
-        except DataError as e:
-            raise SystemExit(f"eval.py: error: {e}") from e
+        results[mode] = evaluate(model, tokenizer, datasets[mode], cfg, fingerprint=fingerprint)
 
     if rank == 0:
         title = f"{args.dataset} {args.split}  ({Path(args.model).name}, {settings['precision']}, {args.conv_type})"
@@ -331,4 +333,4 @@ def main(argv: list[str] | None = None) -> dict[str, EvalResult]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_main(main))

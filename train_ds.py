@@ -15,11 +15,16 @@ the latest one (for ``--resume``) and the best one by validation cIoU (for ``scr
 accumulation, lr and schedule, data mixture, seed, precision, model shape ...) is refused with the diff unless
 ``--accept_config_changes`` is given; every change let through is appended to ``<run>/config_changes.jsonl``
 (``read.training.resume``).
+
+Everything in the config is checked, and the datasets and the resumed checkpoint are opened, before anything is
+written to ``train.output_dir``. A user error (bad config, missing file, unsafe checkpoint, full disk) ends with
+one line ``error: ...`` and exit status 1; ``--debug`` shows its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import random
@@ -32,22 +37,26 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from read.cli import add_debug_flag, run_main
 from read.config import ReadConfig, load_config
 from read.data.collate import ReadCollator
 from read.data.eval_sets import build_eval_dataset
 from read.data.mixture import MixtureDataset, build_train_dataset, samples_per_epoch
+from read.errors import ConfigError, MissingFileError, MissingPackageError
 from read.model.trainable import prepare_for_training
 from read.training.checkpoint import (
     DS_TAG,
     META_FILE,
     STATE_FILE,
     CheckpointManager,
+    RunInUseError,
     load_rng_state,
     read_json,
     resolve_checkpoint,
 )
 from read.training.engine import (
     DistInfo,
+    build_deepspeed_config,
     build_model,
     create_engine,
     load_tokenizer,
@@ -56,8 +65,9 @@ from read.training.engine import (
     tokenizer_dir,
 )
 from read.training.logging import ProgressLogger
-from read.training.loop import NonFiniteLossError, TrainState, epoch_sampler, train_step, validate
+from read.training.loop import TrainState, epoch_sampler, train_step, validate
 from read.training.resume import ConfigChange, check_resume_config, record_config_changes
+from read.training.safe_checkpoint import scan_checkpoint, weights_only_loads
 
 logger = logging.getLogger("train_ds")
 PATH_FIELDS = ("init_path", "tokenizer_path", "llava_path", "sam_checkpoint", "vision_tower_path")
@@ -92,6 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "batch, schedule, data, seed, model ...); the changes are recorded in <run>/config_changes.jsonl",
     )
     p.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher")
+    add_debug_flag(p)
     return p.parse_args(argv)
 
 
@@ -104,22 +115,30 @@ def seed_everything(seed: int) -> None:
 def setup(
     cfg: ReadConfig, resume: str | None = None, local_rank: int | None = None, accept_config_changes: bool = False
 ) -> Run:
-    """Process group, tokenizer, model + LoRA, DeepSpeed engine, datasets, and the resumed state if any.
+    """Process group, tokenizer, model + LoRA, datasets, DeepSpeed engine, and the resumed state if any.
 
-    Resuming checks the config against the checkpoint's first (see the module docstring), before anything is built.
+    Resuming checks the checkpoint's files and its config against this one first (see the module docstring), before
+    anything is built. Nothing is written to ``train.output_dir`` before all of these exist: a config, data or
+    checkpoint problem raises (a :class:`read.errors.UserError`) and leaves no trace there.
     """
     dist = setup_distributed(local_rank)
     precision = resolve_precision(cfg.train.precision, dist.device)
+    build_deepspeed_config(cfg.train, dist.world_size, precision)  # the JSON's errors, before any model is built
+    if cfg.train.wandb and importlib.util.find_spec("wandb") is None:
+        raise MissingPackageError("train.wandb=true needs the wandb package: pip install wandb")
     run_dir = Path(cfg.train.output_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"train.output_dir={run_dir} is a file, not a directory")
     checkpoints = CheckpointManager(run_dir, dist.rank)
     ckpt = resolve_checkpoint(resume, run_dir) if resume else None
     if ckpt is None and checkpoints.latest() is not None:
-        raise FileExistsError(
+        raise RunInUseError(
             f"{run_dir} already holds checkpoints: pass --resume auto to continue that run, or set another "
             f"train.output_dir"
         )
     changes: list[ConfigChange] = []
     if ckpt is not None:
+        scan_checkpoint(ckpt)  # refuse a tampered checkpoint before building anything
         stored = read_json(ckpt / META_FILE)["config"]
         changes = check_resume_config(stored, checkpoint_config(cfg), accept=accept_config_changes,
                                       checkpoint=str(ckpt))  # fmt: skip
@@ -131,17 +150,9 @@ def setup(
     seed_everything(cfg.train.seed)
     tokenizer = load_tokenizer(cfg)
     model = build_model(cfg, tokenizer)  # may take the architecture from the checkpoint it loads (cfg.model)
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(run_dir / "config.json")  # the config in effect; what changed on a resume is in config_changes.jsonl
-        if changes:
-            step = read_json(ckpt / STATE_FILE)["global_step"]
-            record_config_changes(run_dir, step, changes, accepted=accept_config_changes)
     trainable = prepare_for_training(model, cfg)
     logger.info("%d trainable tensors, %d trainable parameters", len(trainable),
                 sum(p.numel() for p in model.parameters() if p.requires_grad))  # fmt: skip
-    engine = create_engine(model, cfg, dist, precision)
-    seed_everything(cfg.train.seed + dist.rank)  # per-rank dropout streams
 
     collator = ReadCollator.from_config(cfg, tokenizer)
     train_set = build_train_dataset(
@@ -157,22 +168,34 @@ def setup(
             logger.warning("validation leaves out %d annotation(s) whose ground truth cannot be scored "
                            "(data.val_skip_invalid): %s", len(val_set.invalid),
                            "; ".join(i["problem"] for i in val_set.invalid))  # fmt: skip
+    engine = create_engine(model, cfg, dist, precision)
+    seed_everything(cfg.train.seed + dist.rank)  # per-rank dropout streams
 
     state = TrainState()
     exclude_frozen = cfg.model.init != "random"
     if ckpt is not None:
         state = load_checkpoint(engine, ckpt, dist.rank)
         logger.info("resumed from %s at epoch %d, step %d", ckpt, state.epoch + 1, state.global_step)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "config.json")  # the config in effect; what changed on a resume is in config_changes.jsonl
+        if changes:
+            step = read_json(ckpt / STATE_FILE)["global_step"]
+            record_config_changes(run_dir, step, changes, accepted=accept_config_changes)
     return Run(cfg, dist, precision, engine, tokenizer, collator, train_set, val_set, checkpoints, state,
                exclude_frozen)  # fmt: skip
 
 
 def load_checkpoint(engine: Any, ckpt: Path, rank: int) -> TrainState:
-    """Restore the engine (weights, optimizer, lr scheduler), the loop state and this rank's RNG."""
+    """Restore the engine (weights, optimizer, lr scheduler), the loop state and this rank's RNG.
+
+    DeepSpeed reads its files with every ``torch.load`` made weights-only (see ``read.training.safe_checkpoint``).
+    """
     meta = read_json(ckpt / META_FILE)
-    path, _ = engine.load_checkpoint(str(ckpt), tag=DS_TAG, load_module_strict=not meta["exclude_frozen"])
+    with weights_only_loads():
+        path, _ = engine.load_checkpoint(str(ckpt), tag=DS_TAG, load_module_strict=not meta["exclude_frozen"])
     if path is None:
-        raise FileNotFoundError(f"{ckpt}: DeepSpeed found no engine state under tag '{DS_TAG}'")
+        raise MissingFileError(f"{ckpt}: DeepSpeed found no engine state under tag '{DS_TAG}'; use another checkpoint")
     load_rng_state(ckpt, rank)
     return TrainState.from_dict(read_json(ckpt / STATE_FILE))
 
@@ -267,11 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     cfg = load_config(args.config, args.overrides)
     run = setup(cfg, args.resume, args.local_rank, args.accept_config_changes)
-    try:
-        state = train(run)
-    except NonFiniteLossError as e:
-        logger.error("%s", e)
-        return 1
+    state = train(run)
     if run.dist.is_main:
         best = "" if state.best_ciou is None else f"best cIoU {state.best_ciou:.4f} (epoch {state.best_epoch + 1})"
         logger.info("done: %d steps, %d skipped (non-finite), %d bad samples skipped; %s; checkpoints in %s",
@@ -281,4 +300,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

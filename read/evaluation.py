@@ -53,6 +53,7 @@ from torch.utils.data import DataLoader
 from read.batch import ReadBatch
 from read.data.collate import ReadCollator
 from read.data.sample import DataError, InvalidAnnotation, Sample
+from read.errors import FileFormatError
 from read.fingerprint import DIGEST_CACHE, DigestCache, describe_change, files_fingerprint
 from read.metrics import IGNORE_VALUE, SegmentationMeter, existence_accuracy, intersection_union
 from read.model.read_model import ReadModel, ReadOutput
@@ -258,7 +259,7 @@ def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
             try:
                 yield json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not a JSON record ({e}); delete the file to start over") from e
+                raise FileFormatError(f"{path}:{n}: not a JSON record ({e}); delete the file to start over") from e
 
 
 def load_records(output_dir: str | Path) -> list[dict[str, Any]]:

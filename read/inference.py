@@ -35,6 +35,10 @@ class PromptTooLongError(UserError, ValueError):
     """The question does not fit the language model's context together with the image and the template."""
 
 
+class QueryError(UserError, ValueError):
+    """A question that cannot be asked (empty, or containing the image placeholder)."""
+
+
 @dataclass
 class Prediction:
     """The model's reply to one query.
@@ -140,16 +144,16 @@ class ReadPredictor:
 
         Raises:
             RuntimeError: no image was set.
-            ValueError: the query is empty or contains ``<image>``.
+            QueryError: the query is empty or contains ``<image>``.
             PromptTooLongError: the question is too long for the model's context.
         """
         if self.image is None:
             raise RuntimeError("no image: call set_image(...) first")
         query = query.strip()
         if not query:
-            raise ValueError("the query is empty: ask something about the image")
+            raise QueryError("the query is empty: ask something about the image")
         if IMAGE_TOKEN in query:
-            raise ValueError(f"the query must not contain {IMAGE_TOKEN!r}; the image is inserted automatically")
+            raise QueryError(f"the query must not contain {IMAGE_TOKEN!r}; the image is inserted automatically")
         batch = self._batch(query).to(self.device)
         max_new_tokens = self._generation_budget(query, int(batch.input_ids.shape[1]))
         with torch.no_grad():

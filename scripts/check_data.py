@@ -19,7 +19,8 @@ every image, label map and RefCOCO mask (a truncated JPEG is found only then).
 
 Exit status: 0 when no problem was found; 1 when problems were found but every requested dataset is still usable
 (training skips the bad samples; evaluation refuses a split with one); 2 when a requested dataset is unusable (its
-index files are missing or refused, or it has no usable sample), or for a usage error.
+index files are missing or refused, or it has no usable sample), or for a usage error (an unknown dataset name, a
+missing ``--dataset_dir``: one line ``error: ...``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from read.cli import add_debug_flag, run_main  # noqa: E402
 from read.config import DataConfig  # noqa: E402
 from read.data.reason_seg import (  # noqa: E402
     annotation_problems,
@@ -47,7 +49,7 @@ from read.data.sample import DataError  # noqa: E402
 from read.data.sem_seg import SEM_SEG_DATASETS, LabelMapSource, build_sem_seg_source, load_label_map  # noqa: E402
 from read.data.transforms import image_size, load_image  # noqa: E402
 from read.data.vqa import VQADataset, vqa_messages  # noqa: E402
-from read.errors import UserError  # noqa: E402
+from read.errors import ConfigError, MissingFileError, UserError  # noqa: E402
 
 TYPES = ("reason_seg", "refer_seg", "neg_refer_seg", "correct_refer_seg", "sem_seg", "vqa")
 REASON_SEG_SPLITS = ("train", "val", "test")
@@ -267,8 +269,10 @@ def expand(names: list[str], cfg: DataConfig) -> list[tuple[str, str]]:
         elif name.startswith("llava"):
             out.append(("vqa", name))
         else:
-            print(f"check_data: unknown dataset name {name!r}", file=sys.stderr)
-            raise SystemExit(EXIT_UNUSABLE)
+            raise ConfigError(
+                f"--datasets: unknown dataset name {name!r}; give a type ({', '.join(TYPES)}) or a dataset name "
+                f"(ReasonSeg, refcoco, ..., ade20k, ..., llava_instruct_150k)"
+            )
     seen, unique = set(), []
     for item in out:
         if item not in seen:
@@ -337,10 +341,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="refs-file convention (auto: READ/SESAME's file when present, else the standard one)")
     parser.add_argument("--reason_seg_data", default="ReasonSeg",
                         help="the reason_seg type's data: a folder (its splits that exist) or folder|splits")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     if not os.path.isdir(args.dataset_dir):
-        print(f"check_data: dataset_dir does not exist: {args.dataset_dir}", file=sys.stderr)
-        return EXIT_UNUSABLE
+        raise MissingFileError(f"--dataset_dir: directory not found: {args.dataset_dir}")
     cfg = DataConfig(dataset_dir=args.dataset_dir, refer_protocol=args.refer_protocol,
                      reason_seg_data=args.reason_seg_data)  # fmt: skip
     reports = run_checks(args.dataset_dir, args.datasets, cfg, args.decode)
@@ -349,4 +353,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, error_status=EXIT_UNUSABLE))

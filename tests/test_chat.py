@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import chat
+from read.cli import run_main
 from model_utils import tiny_config
 from read.inference import PromptTooLongError, ReadPredictor
 from read.model import build_read_model, from_pretrained, save_pretrained
@@ -130,11 +131,12 @@ def test_question_too_long_for_the_context(model_dir, image_path, tmp_path, caps
     that leaves less room than --max_new_tokens limits the answer, with a warning."""
     root = tmp_path / "out"
     long_question = " ".join(["the red circle"] * 200)
-    code = chat.main(["--model", str(model_dir), "--image", str(image_path), "--query", long_question,
-                      "--out_dir", str(root)])  # fmt: skip
-    assert code == 2
+    code = run_main(chat.main, ["--model", str(model_dir), "--image", str(image_path), "--query", long_question,
+                                "--out_dir", str(root)])  # fmt: skip
+    assert code == 1
     err = capsys.readouterr().err
-    assert "error: the question is" in err and "more than the model's context of 512 tokens allows" in err
+    assert err.startswith("error: the question is") and "more than the model's context of 512 tokens allows" in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert not root.exists()
 
     model = from_pretrained(model_dir)
@@ -160,12 +162,13 @@ def test_ctrl_c_exits_cleanly(model_dir, monkeypatch, capsys, tmp_path):
 
 
 def test_clear_errors_for_bad_model_dir_and_quantisation_on_cpu(model_dir, image_path, tmp_path, capsys):
-    assert chat.main(["--model", str(tmp_path / "missing"), "--image", str(image_path), "--query", "x"]) == 2
-    assert "is not a directory" in capsys.readouterr().err
-    code = chat.main(["--model", str(model_dir), "--device", "cpu", "--load_in_8bit",
-                      "--image", str(image_path), "--query", "x"])
-    assert code == 2
-    assert "needs a CUDA device" in capsys.readouterr().err
+    argv = ["--model", str(tmp_path / "missing"), "--image", str(image_path), "--query", "x", "--out_dir", str(tmp_path)]
+    assert run_main(chat.main, argv) == 1
+    assert capsys.readouterr().err == f"error: --model {tmp_path / 'missing'} is not a directory\n"
+    code = run_main(chat.main, ["--model", str(model_dir), "--device", "cpu", "--load_in_8bit",
+                                "--image", str(image_path), "--query", "x", "--out_dir", str(tmp_path)])
+    assert code == 1
+    assert capsys.readouterr().err == "error: 8-bit loading needs a CUDA device (bitsandbytes); got cpu\n"
 
 
 def test_image_and_query_go_together():

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from fixtures import write_all, write_bad_reason_seg_items, write_reason_seg, write_refcoco
+from read.cli import run_main
 from read.data.synthetic import SyntheticConfig, make_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,14 +63,16 @@ def test_missing_refs_file_is_unusable(root, capsys):
     assert "3 dataset(s) checked, 2 usable, 1 unusable" in out
 
 
-def test_missing_dataset_dir(tmp_path):
-    assert check_data.main(["--dataset_dir", str(tmp_path / "nope")]) == 2
+def test_missing_dataset_dir(tmp_path, capsys):
+    assert run_main(check_data.main, ["--dataset_dir", str(tmp_path / "nope")], error_status=2) == 2
+    assert capsys.readouterr().err == f"error: --dataset_dir: directory not found: {tmp_path / 'nope'}\n"
 
 
 def test_unknown_name(root, capsys):
-    with pytest.raises(SystemExit) as stop:
-        check_data.main(["--dataset_dir", str(root), "--datasets", "imagenet"])
-    assert stop.value.code == 2 and "unknown dataset name 'imagenet'" in capsys.readouterr().err
+    assert run_main(check_data.main, ["--dataset_dir", str(root), "--datasets", "imagenet"], error_status=2) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --datasets: unknown dataset name 'imagenet'; give a type (reason_seg, ")
+    assert len(err.splitlines()) == 1
 
 
 # ----------------------------------------------------------------------------------------------------------

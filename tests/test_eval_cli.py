@@ -17,6 +17,7 @@ import torch
 from fixtures import DEGENERATE_SHAPES, truncate_file, write_reason_seg_item
 from released_fixtures import Sizes, write_clip_tower, write_released_checkpoint
 from test_eval_support import tiny_eval_model, write_reason_seg_split
+from read.cli import run_main
 from read.data import templates as T
 from read.data.eval_sets import build_eval_dataset
 from read.evaluation import EvalConfig, evaluate, rle_decode
@@ -155,7 +156,7 @@ def test_cli_defaults_for_fp_refcoco(cli):
         ({"--sasp": "t_pos=0.1"}, "sasp: need 0 <= t_neg < t_pos <= 1"),
     ],
 )
-def test_cli_errors_name_the_culprit(cli, model_dir, data_dir, tmp_path, change, message):
+def test_cli_errors_name_the_culprit(cli, model_dir, data_dir, tmp_path, capsys, change, message):
     (tmp_path / "EMPTY").mkdir()
     args = {"--model": str(model_dir), "--dataset_dir": str(data_dir), "--split": "val"}
     for k, v in change.items():
@@ -163,8 +164,18 @@ def test_cli_errors_name_the_culprit(cli, model_dir, data_dir, tmp_path, change,
     argv = ["--dataset", "ReasonSeg", "--output_dir", str(tmp_path / "out"), "--no_progress"]
     for k, v in args.items():
         argv += [k, v]
-    with pytest.raises(SystemExit, match=message):
-        cli.main(argv)
+    assert run_main(cli.main, argv) == 1
+    err = one_error_line(capsys)
+    assert re.match(f"error: .*{message}", err)
+
+
+def one_error_line(capsys) -> str:
+    """The single line eval.py printed on stderr (checked: one line, ``error: ``, no traceback)."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -201,7 +212,7 @@ def test_another_model_exported_into_the_same_directory_is_evaluated_afresh(cli,
     assert (third["teacher"].resumed, third["teacher"].restart_reason) == (N_IMAGES, None)
 
 
-def test_skip_invalid_scores_the_valid_queries_and_lists_the_others(cli, model_dir, data_dir, tmp_path):
+def test_skip_invalid_scores_the_valid_queries_and_lists_the_others(cli, model_dir, data_dir, tmp_path, capsys):
     """A split with 4 unusable annotations (the issue's 17-image case, here 7 + 4): refused with the files named;
     with --skip_invalid the score equals that of the 7 valid images alone and results.json lists the 4."""
     data = tmp_path / "data"
@@ -210,10 +221,9 @@ def test_skip_invalid_scores_the_valid_queries_and_lists_the_others(cli, model_d
     for kind in ("two_points", "outside", "absurd", "no_shapes"):
         image = write_reason_seg_item(data, "val", f"z_{kind}", shapes=DEGENERATE_SHAPES[kind][0])
         bad.append(str(image.with_suffix(".json")))
-    with pytest.raises(SystemExit) as stop:
-        cli.main(cli_args(model_dir, data, tmp_path / "refused"))
-    message = str(stop.value)
-    assert message.startswith("eval.py: error: ReasonSeg val: 4 of 11 queries have ground truth that cannot be scored")
+    assert run_main(cli.main, cli_args(model_dir, data, tmp_path / "refused")) == 1
+    message = one_error_line(capsys)
+    assert message.startswith("error: ReasonSeg val: 4 of 11 queries have ground truth that cannot be scored")
     assert all(b in message for b in bad) and not (tmp_path / "refused" / "results.json").exists()
 
     out = tmp_path / "out"
@@ -226,15 +236,14 @@ def test_skip_invalid_scores_the_valid_queries_and_lists_the_others(cli, model_d
     assert results["settings"]["skip_invalid"] is True and results["settings"]["num_images"] == N_IMAGES
 
 
-def test_missing_and_truncated_images_are_errors_naming_the_file(cli, model_dir, data_dir, tmp_path):
+def test_missing_and_truncated_images_are_errors_naming_the_file(cli, model_dir, data_dir, tmp_path, capsys):
     data = tmp_path / "data"
     shutil.copytree(data_dir, data)
     split = data / "reason_seg/ReasonSeg/val"
     (split / "img02.jpg").unlink()
     (split / "img05.jpg").unlink()
-    with pytest.raises(SystemExit) as stop:
-        cli.main(cli_args(model_dir, data, tmp_path / "out"))
-    message = str(stop.value)
+    assert run_main(cli.main, cli_args(model_dir, data, tmp_path / "out")) == 1
+    message = one_error_line(capsys)
     assert "ReasonSeg val: 2 file(s) without their partner" in message
     assert str(split / "img02.json") in message and str(split / "img05.json") in message
 
@@ -242,9 +251,9 @@ def test_missing_and_truncated_images_are_errors_naming_the_file(cli, model_dir,
     (split / "img05.json").unlink()
     truncate_file(split / "img04.jpg")
     for workers in ("0", "2"):  # also from a DataLoader worker process: the same one-line message
-        with pytest.raises(SystemExit) as stop:
-            cli.main(cli_args(model_dir, data, tmp_path / f"out{workers}") + ["--num_workers", workers])
-        assert str(stop.value) == (
-            f"eval.py: error: {split / 'img04.jpg'}: truncated JPEG (no end-of-image marker after the image data); "
+        argv = cli_args(model_dir, data, tmp_path / f"out{workers}") + ["--num_workers", workers]
+        assert run_main(cli.main, argv) == 1
+        assert one_error_line(capsys) == (
+            f"error: {split / 'img04.jpg'}: truncated JPEG (no end-of-image marker after the image data); "
             "download or copy the file again"
         )

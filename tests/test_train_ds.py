@@ -5,9 +5,12 @@ and non-finite steps leave the optimizer untouched."""
 from __future__ import annotations
 
 import copy
+import errno
 import importlib.util
 import json
 import os
+import pickle
+import re
 import shutil
 import sys
 from dataclasses import replace
@@ -19,13 +22,16 @@ import torch.distributed as dist
 
 from fixtures import write_bad_reason_seg_items
 from model_utils import SEG, TINY_CONFIG, make_batch, tiny_config, tiny_model
+from read.cli import run_main
 from read.config import load_config
 from read.data.synthetic import SyntheticConfig, make_synthetic
+from read.errors import UnsafeFileError
 from read.model import from_pretrained
 from read.model.trainable import prepare_for_training
 from read.training.checkpoint import CheckpointManager
 from read.training.engine import DistInfo, create_engine, setup_distributed
 from read.training.export import consolidated_state_dict, export_checkpoint
+from read.training.safe_checkpoint import load_file
 from read.training.loop import (
     NonFiniteActivation,
     NonFiniteLossError,
@@ -273,6 +279,149 @@ def test_export_equals_training_model(run_a, tmp_path):
     # LoRA changed the model: merging it in is not a no-op
     lora_b = [p for n, p in live.named_parameters() if "lora_B" in n]
     assert lora_b and any(p.abs().max() > 0 for p in lora_b)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# checkpoint safety and one-line errors
+
+MODEL_STATES = "mp_rank_00_model_states.pt"
+OPTIM_STATES = "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+
+
+class Payload:
+    """Unpickling this runs ``touch <marker>``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def load_export_script():
+    spec = importlib.util.spec_from_file_location("export_model", ROOT / "scripts" / "export_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def planted_copy(run_dir: Path, dest: Path, file: str, marker: Path, raw: bool = False) -> Path:
+    """A copy of a run directory whose latest checkpoint has ``ds/<file>`` replaced by a payload: the real content
+    plus an object that runs a command when unpickled (a ``torch.save`` archive), or a bare pickle of it."""
+    shutil.copytree(run_dir, dest)
+    target = CheckpointManager(dest).latest() / "ds" / file
+    if raw:
+        target.write_bytes(pickle.dumps(Payload(marker)))
+    else:
+        state = load_file(target)
+        state["client_note"] = Payload(marker)
+        torch.save(state, target)
+    return target
+
+
+def one_error_line(capsys, after_progress: bool = False) -> str:
+    """The one ``error:`` line on stderr (after the progress bar's lines if ``after_progress``); no traceback."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    if after_progress:
+        lines = [line for line in lines if line.strip() and "%|" not in line]  # tqdm redraws
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+REFUSAL = "refusing to load this checkpoint file: its pickle names 'posix.system'; a DeepSpeed checkpoint holds only"
+
+
+@pytest.mark.parametrize("file, raw", [(MODEL_STATES, False), (OPTIM_STATES, False), (MODEL_STATES, True)])
+def test_export_refuses_a_planted_payload(run_a, tmp_path, capsys, file, raw):
+    _, _, out = run_a
+    marker = tmp_path / "payload_ran"
+    planted = planted_copy(out, tmp_path / "run", file, marker, raw=raw)
+    target = tmp_path / "model"
+    code = run_main(load_export_script().main, ["--run", str(tmp_path / "run"), "--checkpoint", "latest",
+                                                "--out", str(target)])  # fmt: skip
+    line = one_error_line(capsys)
+    assert code == 1
+    if raw:
+        assert line.startswith(f"error: {planted}: refusing to load this checkpoint file: it is not a zip archive")
+    else:
+        assert line.startswith(f"error: {planted}: {REFUSAL}")
+    assert not marker.exists() and not target.exists()
+
+
+@pytest.mark.parametrize("file", [MODEL_STATES, OPTIM_STATES])
+def test_resume_refuses_a_planted_payload(run_a, data_dir, tmp_path, capsys, file):
+    _, _, out = run_a
+    marker = tmp_path / "payload_ran"
+    planted = planted_copy(out, tmp_path / "run", file, marker)
+    config_before = (tmp_path / "run" / "config.json").read_bytes()
+    argv = ["--config", str(TINY_CONFIG), *train_overrides(data_dir, tmp_path / "run", "lora.dropout=0.1"),
+            "--resume", "auto"]  # fmt: skip
+    assert run_main(load_train_ds().main, argv) == 1
+    assert one_error_line(capsys).startswith(f"error: {planted}: {REFUSAL}")
+    assert not marker.exists()
+    assert (tmp_path / "run" / "config.json").read_bytes() == config_before  # nothing was written
+
+
+@pytest.mark.parametrize("file", [MODEL_STATES, OPTIM_STATES])
+def test_deepspeed_reads_checkpoints_weights_only(run_a, tmp_path, file):
+    """The second layer, without the scan: DeepSpeed's own loads (engine.load_checkpoint through its checkpoint
+    engine, and zero_to_fp32) refuse the payload too. Loads the same step-4 state into run_a's engine, so its
+    weights do not change."""
+    run, _, out = run_a
+    marker = tmp_path / "payload_ran"
+    planted = planted_copy(out, tmp_path / "run", file, marker)
+    ckpt = planted.parent.parent
+    with pytest.raises(UnsafeFileError, match=re.escape(f"{planted}: {REFUSAL}")):
+        consolidated_state_dict(ckpt, exclude_frozen=False)
+    with pytest.raises(UnsafeFileError, match=re.escape(f"{planted}: {REFUSAL}")):
+        load_train_ds().load_checkpoint(run.engine, ckpt, 0)
+    assert not marker.exists()
+    assert torch.load is load_file.__globals__["_torch_load"]  # the swap is undone
+
+
+def test_errors_in_setup_leave_no_run_directory(ds_world, data_dir, tmp_path, capsys):
+    """Config, DeepSpeed JSON and data problems are found before anything is written to train.output_dir."""
+    train_ds = load_train_ds()
+    out = tmp_path / "run"
+    cases = {
+        "data.num_workers=-1": "data.num_workers must be >= 0 (0 loads data in the training process), got -1",
+        f"data.dataset_dir={tmp_path / 'nodata'}": f"reason_seg: no *.jpg images in {tmp_path / 'nodata'}",
+        "train.grad_clip=2.0": "contradicts the training config (2.0)",
+    }
+    ds_json = json.loads((ROOT / "configs" / "deepspeed" / "zero2.json").read_text())
+    ds_json["gradient_clipping"] = 1.0
+    (tmp_path / "ds.json").write_text(json.dumps(ds_json))
+    for override, message in cases.items():
+        extra = (f"train.deepspeed_config={tmp_path / 'ds.json'}", override)
+        argv = ["--config", str(TINY_CONFIG), *train_overrides(data_dir, out, *extra)]
+        assert run_main(train_ds.main, argv) == 1, override
+        assert message in one_error_line(capsys)
+        assert not out.exists()
+
+
+def test_full_disk_during_a_checkpoint_save(ds_world, data_dir, tmp_path, monkeypatch, capsys):
+    """The second epoch's save fails with ENOSPC: one line naming the directory, exit 1, the first checkpoint kept."""
+    train_ds = load_train_ds()
+    out = tmp_path / "run"
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if "step_00000002" in str(f):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    argv = ["--config", str(TINY_CONFIG), *train_overrides(data_dir, out, "train.steps_per_epoch=1",
+                                                              "train.eval_every_epoch=false")]  # fmt: skip
+    assert run_main(train_ds.main, argv) == 1
+    first = out / "checkpoints" / "step_00000001"
+    assert one_error_line(capsys, after_progress=True).startswith(
+        f"error: no space left on device while writing checkpoint step_00000002 into {out / 'checkpoints'} ("
+    )
+    assert CheckpointManager(out).latest() == first
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", "step_00000001"]
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from read.data.refer_seg import ReferSegDataset
 from read.data.sample import DataError, Sample, template_set
 from read.data.sem_seg import SemSegDataset
 from read.data.vqa import VQADataset
+from read.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -216,7 +217,7 @@ def build_source(data_cfg: DataConfig, dataset_type: str) -> SampleSource:
         )
     if dataset_type == "vqa":
         return VQADataset(d, data_cfg.vqa_data)
-    raise ValueError(f"unknown dataset type {dataset_type!r} in data.datasets; expected one of {list(DATASET_TYPES)}")
+    raise ConfigError(f"unknown dataset type {dataset_type!r} in data.datasets; expected one of {list(DATASET_TYPES)}")
 
 
 def build_train_dataset(

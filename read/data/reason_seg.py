@@ -36,6 +36,7 @@ from read.data.sample import (
     subsample,
 )
 from read.data.transforms import image_size, load_image
+from read.errors import ConfigError, MissingFileError
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def read_reason_seg_json(path: str) -> ReasonSegAnnotation:
 def parse_reason_seg_data(spec: str) -> tuple[str, list[str]]:
     """``"ReasonSeg|train"`` -> ("ReasonSeg", ["train"]); several splits are joined with "_" ("train_val")."""
     if "|" not in spec:
-        raise ValueError(f"reason_seg_data must look like 'ReasonSeg|train', got {spec!r}")
+        raise ConfigError(f"data.reason_seg_data must look like 'ReasonSeg|train', got {spec!r}")
     folder, splits = spec.split("|", 1)
     return folder, [s for s in splits.split("_") if s]
 
@@ -148,7 +149,7 @@ def find_reason_seg_files(dataset_dir: str, folder: str, splits: list[str]) -> R
         images = sorted(glob.glob(os.path.join(split_dir, "*.jpg")))
         jsons = sorted(glob.glob(os.path.join(split_dir, "*.json")))
         if not images and not jsons:
-            raise FileNotFoundError(f"reason_seg: no *.jpg images in {split_dir}")
+            raise MissingFileError(f"reason_seg: no *.jpg images in {split_dir}")
         image_stems = {os.path.splitext(p)[0] for p in images}
         json_stems = {os.path.splitext(p)[0] for p in jsons}
         out.images += [p for p in images if os.path.splitext(p)[0] in json_stems]
@@ -161,12 +162,12 @@ def list_reason_seg_images(dataset_dir: str, folder: str, splits: list[str]) -> 
     """Sorted ``*.jpg`` paths of the given splits that have their annotation (see :func:`find_reason_seg_files`).
 
     Raises:
-        FileNotFoundError: a split folder is missing or has no annotated image (message names the folder).
+        MissingFileError: a split folder is missing or has no annotated image (message names the folder).
     """
     images = find_reason_seg_files(dataset_dir, folder, splits).images
     if not images:
         where = os.path.join(dataset_dir, "reason_seg", folder, "_".join(splits))
-        raise FileNotFoundError(f"reason_seg: no *.jpg image with its .json annotation in {where}")
+        raise MissingFileError(f"reason_seg: no *.jpg image with its .json annotation in {where}")
     return images
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from read.data.masks import coco_segmentation_to_mask, polygon_problem
 from read.data.safe_pickle import UnsafePickleError, load_pickle
 from read.data.sample import DataError
+from read.errors import ConfigError, MissingFileError
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +70,9 @@ def split_by_for(dataset: str, protocol: str = "read") -> str:
             in any refcoco/+/g val/test split) or "lisa" (the standard ``unc``/``umd`` files).
     """
     if dataset not in REFER_DATASETS:
-        raise ValueError(f"unknown referring dataset '{dataset}'; expected one of {list(REFER_DATASETS)}")
+        raise ConfigError(f"unknown referring dataset '{dataset}'; expected one of {list(REFER_DATASETS)}")
     if protocol not in ("read", "lisa"):
-        raise ValueError(f"unknown refer protocol '{protocol}'; expected 'read' or 'lisa'")
+        raise ConfigError(f"unknown refer protocol '{protocol}'; expected 'read' or 'lisa'")
     if dataset in ("refclef", "grefcoco"):
         return "unc"
     if protocol == "lisa":
@@ -133,7 +134,7 @@ def find_refs_file(refer_root: str, dataset: str, protocol: str = "auto") -> Ref
             if os.path.isfile(path):
                 kind = "read" if split_by.endswith("_exclude_unified") else "standard"
                 return RefsFile(path, split_by, kind)
-    raise FileNotFoundError(f"{dataset}: refs file not found (looked for {' and '.join(tried)})")
+    raise MissingFileError(f"{dataset}: refs file not found (looked for {' and '.join(tried)})")
 
 
 def coco_target_problem(segmentation: Any, height: int, width: int) -> str | None:
@@ -209,7 +210,7 @@ class ReferIndex:
 
     def __init__(self, refer_root: str, dataset: str, split_by: str) -> None:
         if dataset not in REFER_DATASETS:
-            raise ValueError(f"unknown referring dataset '{dataset}'; expected one of {list(REFER_DATASETS)}")
+            raise ConfigError(f"unknown referring dataset '{dataset}'; expected one of {list(REFER_DATASETS)}")
         self.dataset = dataset
         self.split_by = split_by
         self.data_dir = os.path.join(refer_root, dataset)
@@ -245,7 +246,7 @@ class ReferIndex:
         for c in candidates:
             if os.path.isfile(c):
                 return c
-        raise FileNotFoundError(f"{self.dataset}: refs file not found (looked for {' and '.join(candidates)})")
+        raise MissingFileError(f"{self.dataset}: refs file not found (looked for {' and '.join(candidates)})")
 
     @classmethod
     def open(cls, refer_root: str, dataset: str, protocol: str = "auto") -> "ReferIndex":
@@ -271,7 +272,7 @@ class ReferIndex:
 
     def _load_instances(self) -> dict[str, Any]:
         if not os.path.isfile(self.instances_path):
-            raise FileNotFoundError(f"{self.dataset}: instances file not found: {self.instances_path}")
+            raise MissingFileError(f"{self.dataset}: instances file not found: {self.instances_path}")
         instances = _read_json(self.instances_path)
         for key in ("images", "annotations"):
             if key not in instances:
@@ -284,7 +285,7 @@ class ReferIndex:
     def split_refs(self, split: str) -> list[dict]:
         """Refs of a split: "train", "val", "test", "testA", "testB", "testC" (REFER's matching rules)."""
         if split not in ("train", "val", "test", "testA", "testB", "testC"):
-            raise ValueError(f"{self.dataset}: unknown split '{split}'")
+            raise ConfigError(f"{self.dataset}: unknown split '{split}'")
         return [ref for ref in self.refs if _split_matches(split, str(ref["split"]))]
 
     def split_images(self, split: str) -> list[dict]:

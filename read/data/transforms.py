@@ -87,6 +87,8 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         ImageLoadError: the file does not exist, is truncated (:func:`check_complete`) or cannot be decoded.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ImageLoadError(f"{path} is a directory, not an image file")
     if not os.path.isfile(path):
         raise ImageLoadError(f"image file not found: {path}")
     with open(path, "rb") as f:

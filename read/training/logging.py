@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from read.config import ReadConfig
+from read.errors import MissingPackageError
 from read.training.loop import LOSS_PARTS, StepResult, TrainState
 
 METRICS_FILE = "metrics.jsonl"
@@ -167,7 +168,7 @@ def _init_wandb(run_dir: Path, cfg: ReadConfig) -> Any:
     try:
         import wandb
     except ImportError as e:
-        raise ImportError("train.wandb=true needs the wandb package (pip install wandb)") from e
+        raise MissingPackageError("train.wandb=true needs the wandb package: pip install wandb") from e
     id_file = run_dir / "wandb_id.txt"
     run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
     id_file.write_text(run_id + "\n")

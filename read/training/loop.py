@@ -29,14 +29,15 @@ from torch import Tensor
 
 from read.batch import ReadBatch
 from read.data.mixture import ShardedSampler
+from read.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 LOSS_PARTS = ("loss", "ce_loss", "bce_loss", "dice_loss", "query_loss")
 
 
-class NonFiniteLossError(RuntimeError):
-    """Too many optimizer steps in a row had a non-finite loss or gradient."""
+class NonFiniteLossError(UserError, RuntimeError):
+    """Too many optimizer steps in a row had a non-finite loss or gradient (the learning rate or the data)."""
 
 
 class NonFiniteActivation(FloatingPointError):
