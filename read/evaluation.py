@@ -532,9 +532,18 @@ def _score_batch(
 
 
 def _write_pictures(
-    records: list[dict[str, Any]], batch: ReadBatch, out: ReadOutput, directory: Path, clip_size: int, limit: int
+    records: list[dict[str, Any]],
+    batch: ReadBatch,
+    out: ReadOutput,
+    directory: Path,
+    clip_size: int,
+    limit: int,
+    geometry: str,
 ) -> None:
-    """One PNG per row of the first ``limit`` images: image | ground truth | prediction | similarity + points."""
+    """One PNG per row of the first ``limit`` images: image | ground truth | prediction | similarity + points.
+
+    ``geometry`` is the model's ``sasp.geometry``: the heat map undoes the CLIP crop the way SasP placed the points.
+    """
     from read.data.transforms import load_image
     from read.viz import draw_points, mask_overlay, save_png, similarity_heatmap
 
@@ -550,7 +559,12 @@ def _write_pictures(
         if logits.shape[0] and out.similarity[r].shape[-1] > 0:
             panels.append(
                 similarity_heatmap(
-                    image, out.similarity[r][0], clip_size, out.point_coords[r][0], out.point_labels[r][0]
+                    image,
+                    out.similarity[r][0],
+                    clip_size,
+                    out.point_coords[r][0],
+                    out.point_labels[r][0],
+                    geometry=geometry,
                 )
             )
         elif logits.shape[0] and out.point_coords[r].shape[1] > 0:
@@ -701,7 +715,15 @@ def _run_shard(
                 _check_context(batch, model_cfg.text.max_position_embeddings)
                 records, out = _score_batch(model, batch, tokenizer, cfg)
                 if out_dir is not None and cfg.vis and any(r["index"] < cfg.vis for r in records):
-                    _write_pictures(records, batch, out, out_dir / VIS_DIR, model_cfg.vision.image_size, cfg.vis)
+                    _write_pictures(
+                        records,
+                        batch,
+                        out,
+                        out_dir / VIS_DIR,
+                        model_cfg.vision.image_size,
+                        cfg.vis,
+                        model.config.sasp.geometry,
+                    )
                 if part is not None:  # one write per batch, flushed: a kill loses at most this batch
                     part.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
                     part.flush()

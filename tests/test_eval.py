@@ -400,3 +400,24 @@ def test_prompt_longer_than_the_context_is_refused(tiny_tokenizer, teacher_set):
     with pytest.raises(DataError, match=r"img00\.jpg: the prompt is \d+ tokens \(image tokens included\), longer than "
                                         r"the model's context of 64"):
         evaluate(short, tiny_tokenizer, teacher_set, EvalConfig(batch_size=2))
+
+
+@pytest.mark.parametrize("geometry", ["reference", "clip"])
+def test_vis_heat_map_uses_the_models_geometry(geometry, model, tiny_tokenizer, teacher_set, tmp_path, monkeypatch):
+    """The pictures of ``--vis`` undo the CLIP crop the way the model's SasP placed its points."""
+    import dataclasses
+
+    import read.viz
+
+    seen: list[str] = []
+    real = read.viz.similarity_heatmap
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["geometry"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(read.viz, "similarity_heatmap", spy)
+    monkeypatch.setattr(model.config, "sasp", dataclasses.replace(model.config.sasp, geometry=geometry))
+    evaluate(model, tiny_tokenizer, teacher_set, EvalConfig(batch_size=4, vis=3, output_dir=str(tmp_path)))
+    assert len(list((tmp_path / "vis").glob("*.png"))) >= 3
+    assert seen and set(seen) == {geometry}
