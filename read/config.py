@@ -112,7 +112,7 @@ class ModelConfig:
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     gradient_checkpointing: bool = False
     train_sam_image_encoder: bool = False  # the reference freezes it; the synthetic default may train it
-    # Further parameter groups to train in full (names of read.memory.GROUPS: "vision_tower", "projector",
+    # Further parameter groups to train in full (names of read.model.trainable.GROUPS: "vision_tower", "projector",
     # "lm_layers", "lm_norm", "sam_image_encoder", "sam_prompt_encoder"). The reference trains none of them; a
     # model trained from random weights (the synthetic quickstart) needs them.
     train_extra: list[str] = field(default_factory=list)
@@ -128,7 +128,7 @@ class SaspConfig:
     t_neg: float = 0.2
     down_sample: int = 2
     dtoc_radius: int = 10  # soft-argmax window half-size in pixels (weights vanish beyond ~9.4 px)
-    # How the CLIP centre crop is undone when the maps are laid over the image (read.sasp.pad_geometry):
+    # How the CLIP centre crop is undone when the maps are laid over the image (read.model.sasp.pad_geometry):
     # "reference" = READ's arithmetic, which the released checkpoints were trained with; "clip" = the CLIP
     # processor's exact crop (moves the coarse cells on images whose crop excess is odd). A saved model whose
     # read_config.json predates this key was trained with "clip" and loads with it.
@@ -141,7 +141,7 @@ class LossConfig:
     bce_weight: float = 2.0
     dice_weight: float = 0.5
     # Not in READ/LISA (0 = the paper's loss): each projected [SEG] prompt predicts its query's words through a linear
-    # head (ReadModel.query_head; read.losses.query_word_loss). For models trained from random weights (quickstart).
+    # head (ReadModel.query_head; read.model.losses.query_word_loss). For models trained from random weights (quickstart).
     query_weight: float = 0.0
 
 

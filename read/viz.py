@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from read.sasp import NEGATIVE, NEUTRAL, POSITIVE, full_resolution_map
+from read.model.sasp import NEGATIVE, NEUTRAL, POSITIVE, full_resolution_map
 
 # RGB colour of each point label.
 LABEL_COLOURS = {POSITIVE: (0, 255, 0), NEGATIVE: (255, 0, 0), NEUTRAL: (128, 128, 128)}
@@ -36,7 +36,7 @@ def similarity_heatmap(
     Arguments:
         image: (H, W, 3) uint8 RGB original image.
         sim: (N,) raw similarities of one ``[SEG]`` (``PointPrompts.sim[i]``).
-        clip_size: CLIP input side used to undo its centre crop (as for :func:`read.sasp.select_points`).
+        clip_size: CLIP input side used to undo its centre crop (as for :func:`read.model.sasp.select_points`).
         coords: optional (K, 2) point (x, y) in image pixels.
         labels: (K,) labels in {1, 0, -1}; required with ``coords``.
         alpha: weight of the heat map in the blend.

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from read.sasp import select_points, similarity_map  # noqa: E402
+from read.model.sasp import select_points, similarity_map  # noqa: E402
 from sasp_oracle import oracle_select_points  # noqa: E402
 
 SIZES = [(333, 500), (480, 640), (1080, 1920), (1920, 1080), (376, 500), (720, 1280), (500, 375), (1024, 768)]

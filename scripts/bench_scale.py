@@ -44,8 +44,7 @@ sys.path.insert(0, str(ROOT))
 from read.batch import ReadBatch  # noqa: E402
 from read.config import ReadConfig, load_config  # noqa: E402
 from read.constants import IGNORE_INDEX  # noqa: E402
-from read.memory import (  # noqa: E402
-    GROUPS,
+from read.tools.memory import (  # noqa: E402
     MemoryEstimate,
     StepShape,
     count_parameters,
@@ -54,7 +53,7 @@ from read.memory import (  # noqa: E402
     measured_parameter_counts,
 )
 from read.model import ReadModel, build_read_model  # noqa: E402
-from read.model.trainable import prepare_for_training  # noqa: E402
+from read.model.trainable import GROUPS, prepare_for_training  # noqa: E402
 
 PRECISION_TO_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -445,7 +444,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def _trainable(cfg: ReadConfig, formula: dict[str, int]) -> int:
-    from read.memory import trainable_groups
+    from read.model.trainable import trainable_groups
 
     return sum(formula[g] for g in trainable_groups(cfg))
 

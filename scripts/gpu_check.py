@@ -15,7 +15,7 @@ crash, a hang or an out-of-memory error becomes a named entry of the summary ins
   ``create_engine``: DeepSpeed as configured, ZeRO-2 and bf16 for READ-7B, gradient checkpointing) and its
   ``train_step`` (one micro-batch per optimizer step): samples/s and tokens/s at ``train.batch_size``, then a short
   search for the largest batch that fits (doubling until out of memory or out of time), each with its peak memory
-  beside ``read.memory``'s estimate;
+  beside ``read.tools.memory``'s estimate;
 * ``inference``: a fresh model without LoRA in the evaluation dtype: teacher-forced evaluation images/s
   (``ReadModel.forward`` without logits) at ``--eval_batch_sizes``; generation queries/s and tokens/s at a fixed
   answer length (EOS disabled) the reference's way (batch 1, no KV cache) and with the KV cache at batch 1 and
@@ -181,7 +181,7 @@ class Recorder:
 
 def part_sasp(args: argparse.Namespace, device: torch.device, rec: Recorder) -> None:
     from bench_sasp import SIZES
-    from read.sasp import SasP
+    from read.model.sasp import SasP
 
     cfg, _ = check_config(args, device)
     dtype = bench_scale.TORCH_DTYPES[cfg.model.dtype]
@@ -208,7 +208,7 @@ def part_sasp(args: argparse.Namespace, device: torch.device, rec: Recorder) -> 
 
 
 def part_train(args: argparse.Namespace, device: torch.device, rec: Recorder) -> None:
-    from read.memory import StepShape, estimate_memory
+    from read.tools.memory import StepShape, estimate_memory
     from read.training.engine import build_deepspeed_config, create_engine, setup_distributed
     from read.training.loop import train_step
 

@@ -30,6 +30,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from read.data.synthetic import SyntheticConfig, generate_scene
+from read.metrics import intersection_union, mask_iou
+
 logger = logging.getLogger("make_report")
 
 METRICS_FILE = "metrics.json"
@@ -335,6 +338,53 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def chance_scores(dataset_dir: str, split: str = "val") -> dict[str, Any]:
+    """What segmenting without understanding the query scores on a written split: the floor a trained model must
+    clear. The scenes are redrawn from ``synthetic_config.json`` (generation is deterministic).
+
+    Returns:
+        {"random_object": {"giou", "ciou"} (the expectation when one of the scene's objects is picked uniformly),
+        "all_objects": {"giou", "ciou"} (the union of every object), "num_images": int}, also per "short" / "long".
+    """
+    meta_path = Path(dataset_dir) / "reason_seg" / "ReasonSeg" / "synthetic_config.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path} not found: chance scores need a dataset written by make_synthetic")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    raw = dict(meta["config"])
+    for key in ("num_objects", "object_size", "texts_per_image", "colors", "shapes"):
+        raw[key] = tuple(raw[key])
+    raw["holdout"] = tuple(tuple(c) for c in raw["holdout"])
+    cfg = SyntheticConfig(**raw)
+    acc = {g: {"random_object": [[], 0.0, 0.0], "all_objects": [[], 0.0, 0.0]} for g in ("overall", "short", "long")}
+    num = int(meta["counts"].get(split, 0))
+    for i in range(num):
+        _, annotation, objects = generate_scene(cfg, split, i, int(meta["seed"]))
+        target = objects[annotation["synthetic"]["target"]].visible
+        groups = ("overall", "long" if annotation["is_sentence"] else "short")
+        # Expected intersection/union of a uniformly random pick: their means over the objects.
+        pairs = [intersection_union(o.visible, target) for o in objects]
+        ious = [mask_iou(inter, union) for inter, union in pairs]
+        exp_i = float(np.mean([p[0] for p in pairs]))
+        exp_u = float(np.mean([p[1] for p in pairs]))
+        union_all = np.any([o.visible for o in objects], axis=0)
+        ui, uu = intersection_union(union_all, target)
+        for g in groups:
+            acc[g]["random_object"][0].append(float(np.mean(ious)))
+            acc[g]["random_object"][1] += exp_i
+            acc[g]["random_object"][2] += exp_u
+            acc[g]["all_objects"][0].append(mask_iou(ui, uu))
+            acc[g]["all_objects"][1] += ui
+            acc[g]["all_objects"][2] += uu
+    out: dict[str, Any] = {"num_images": num}
+    for g, by_name in acc.items():
+        out[g] = {
+            name: {"giou": float(np.mean(v[0])) if v[0] else float("nan"), "ciou": v[1] / v[2] if v[2] else 0.0,
+                   "num_masks": len(v[0])}
+            for name, v in by_name.items()
+        }  # fmt: skip
+    return out
+
+
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -353,8 +403,6 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit(f"make_report.py: error: {e}") from e
     curves = {name: read_scalars(train_dir) for name, train_dir, _ in runs}
     if args.dataset_dir:
-        from read.data.synthetic import chance_scores
-
         try:
             metrics["chance"] = chance_scores(args.dataset_dir, args.split)
         except FileNotFoundError as e:

@@ -6,7 +6,7 @@ In the "reference" geometry the crop is undone with the reference's arithmetic, 
 geometry it is the CLIP processor's crop (shortest side -> size exactly, longest side ``int(size * long / short)``,
 crop offset ``(resized - size) // 2``; the remainder pads the bottom/right).
 
-Apart from the geometry option it differs from the reference in what ``read.sasp`` documents, and nothing else:
+Apart from the geometry option it differs from the reference in what ``read.model.sasp`` documents, and nothing else:
 
 * a map whose span is at most ``FLAT_TOLERANCE`` times its largest magnitude is flat; it normalises to 0, and its
   points are all neutral, at the image centre (the reference divides by zero);
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from read.sasp import FLAT_TOLERANCE
+from read.model.sasp import FLAT_TOLERANCE
 
 
 def clip_resize_and_crop(height: int, width: int, size: int) -> tuple[int, int, int, int, int, int]:

@@ -15,7 +15,8 @@ from read.config import SamConfig
 from read.model import ModelLoadError, build_read_model, load_model, save_pretrained
 from read.model.builder import CONFIG_NAME
 from read.model.dtypes import dtype_name, resolve_dtype
-from read.model.read_model import causal_lm_loss, text_only_logits
+from read.model.losses import causal_lm_loss
+from read.model.read_model import text_only_logits
 from read.model.released import infer_sam_config
 from read.model.sam import build_sam
 from released_fixtures import Sizes, write_clip_tower, write_released_checkpoint

@@ -15,7 +15,7 @@ from transformers.image_transforms import get_resize_output_image_size
 from transformers.image_utils import SizeDict
 
 from read.config import ReadConfig, SaspConfig
-from read.sasp import (
+from read.model.sasp import (
     GEOMETRIES,
     PointPrompts,
     SasP,

@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 
 from model_utils import BASE_VOCAB, IM_END, IM_START, IMAGE, ROOT, SEG, VOCAB, make_batch, tiny_config, tiny_model
 from read.config import load_config
-from read.memory import (
-    GROUPS,
+from read.model.trainable import GROUPS
+from read.tools.memory import (
     StepShape,
     count_parameters,
     count_trainable,

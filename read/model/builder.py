@@ -93,7 +93,7 @@ def build_point_prompter(cfg: ReadConfig) -> nn.Module | None:
     """SasP from the config, or None for the LISA baseline."""
     if not cfg.sasp.enabled:
         return None
-    from read.sasp import SasP
+    from read.model.sasp import SasP
 
     return SasP.from_config(cfg.sasp, clip_size=cfg.model.vision.image_size)
 

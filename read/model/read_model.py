@@ -20,15 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from torch import Tensor, nn
 from transformers import LlavaForConditionalGeneration
 
 from read.batch import ReadBatch
 from read.config import ReadConfig
-from read.constants import IGNORE_INDEX
-from read.losses import mask_losses, query_word_loss
+from read.model.losses import causal_lm_loss, mask_losses, query_word_loss
 from read.model.sam import decode_masks_batched, to_sam_frame
 
 
@@ -40,7 +38,7 @@ class ReadOutput:
         loss: weighted total (None without labels / masks).
         ce_loss, bce_loss, dice_loss: the unweighted parts (None where not computed).
         query_loss: the unweighted query-word loss (``loss.query_weight > 0`` and ``batch.query_ids`` given; not in
-            READ, see ``read.losses.query_word_loss``), else None.
+            READ, see ``read.model.losses.query_word_loss``), else None.
         logits: (R, L, V) LM logits over the whole ``lm_head`` (the ``<image>`` column included; see
             :func:`text_only_logits`); None when the pass was asked for none (``return_logits=False``, no labels).
         pred_masks: R tensors (k_r, H, W) float32 mask logits at the original image size, one per ``[SEG]``.
@@ -595,16 +593,3 @@ def _returned_cache(output: object) -> Any:
     """The KV cache of a language-model output (``cache`` or ``past_key_values``, by transformers release)."""
     cache = getattr(output, "cache", None)
     return cache if cache is not None else output.past_key_values
-
-
-def causal_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Token-averaged next-token cross-entropy over the positions whose label is not IGNORE_INDEX.
-
-    Arguments:
-        logits: (R, L, V), columns that are no class already -inf (:func:`text_only_logits`); labels: (R, L).
-    """
-    shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:]
-    if not bool((shift_labels != IGNORE_INDEX).any()):
-        return shift_logits.sum() * 0.0
-    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX)

@@ -1,4 +1,5 @@
-"""Mask losses of LISA/READ (SPEC 3), and the optional query-word loss (not in READ; see :func:`query_word_loss`).
+"""Losses of LISA/READ: the language-model cross-entropy, the mask losses (SPEC 3), and the optional query-word loss
+(not in READ; see :func:`query_word_loss`).
 
 Both mask helpers return ``sum over masks / (num_masks + 1e-8)``; the model divides by the total number of masks
 in the micro-batch, so the result is the mean over masks. Images without masks add nothing.
@@ -117,3 +118,16 @@ def query_word_loss(seg_logits: Tensor, query_ids: Tensor) -> tuple[Tensor, int]
     picked = log_probs.gather(1, query_ids.clamp(min=0))  # (K, Q)
     per_seg = -(picked * valid).sum(1) / counts.clamp(min=1)  # (K,)
     return per_seg[has_query].mean(), int(has_query.sum())
+
+
+def causal_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Token-averaged next-token cross-entropy over the positions whose label is not IGNORE_INDEX.
+
+    Arguments:
+        logits: (R, L, V), columns that are no class already -inf (:func:`read.model.read_model.text_only_logits`); labels: (R, L).
+    """
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:]
+    if not bool((shift_labels != IGNORE_INDEX).any()):
+        return shift_logits.sum() * 0.0
+    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX)
