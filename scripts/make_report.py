@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from read.data.synthetic import SyntheticConfig, generate_scene
-from read.metrics import intersection_union, mask_iou
+from read.evaluation.metrics import intersection_union, mask_iou
 
 logger = logging.getLogger("make_report")
 

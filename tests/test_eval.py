@@ -1,13 +1,14 @@
-"""The evaluation loop (read/evaluation.py) and eval.py on a tiny model and tiny datasets in the real on-disk formats.
+"""The evaluation package (read/evaluation/) and eval.py on a tiny model and tiny datasets in the real on-disk formats.
 
 What is checked: per-query counts and scores against a literal batch-1 loop with the reference metric; batch > 1
-(right and left padding) gives exactly the records and masks of batch 1; shards are disjoint, cover the split and
-merge (with duplicates dropped) to the single-process result; an interrupted run resumes without evaluating an image
+(right and left padding) gives exactly the records and masks of batch 1; shards are disjoint and cover the split,
+and gathered records merge (duplicates dropped) to the single-process result; an interrupted run resumes without evaluating an image
 twice; generation mode's existence / empty-mask rules; the CLI's outputs and errors.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -29,9 +30,9 @@ from read.data.eval_sets import build_eval_dataset
 from read.data.sample import DataError, InvalidAnnotation
 from read.evaluation import (
     EvalConfig,
+    QueryRecord,
     complete_images,
     evaluate,
-    merge_records,
     rle_decode,
     rle_encode,
     shard,
@@ -112,7 +113,7 @@ def test_teacher_records_match_a_literal_batch1_loop(model, tiny_tokenizer, teac
             logits = model(collator([sample])).pred_masks[0]
             assert logits.shape == (1, *gt.shape)
             counts.append(reference_counts((logits[0] > 0).numpy(), gt))
-    assert [(r["intersection"], r["union"]) for r in res.records] == counts
+    assert [(r.intersection, r.union) for r in res.records] == counts
     assert any(i > 0 for i, _ in counts)  # not a trivial all-empty prediction set
     giou, ciou = reference_scores(counts)
     assert res.scores["overall"]["giou"] == pytest.approx(giou, abs=1e-12)
@@ -180,16 +181,16 @@ def test_fp_refcoco_generation_see_and_segment(tiny_tokenizer, tmp_path):
     cfg = EvalConfig(mode="generate", conv_type="vicuna_v1", max_new_tokens=1, batch_size=2)
     res = evaluate(model, tiny_tokenizer, dataset, cfg)
     recs = res.records
-    assert [r["key"] for r in recs] == ["0/0", "0/1"] and [r["gt_exists"] for r in recs] == [True, False]
+    assert [r.key for r in recs] == ["0/0", "0/1"] and [r.gt_exists for r in recs] == [True, False]
     fp = recs[1]
-    assert fp["intersection"] == 0
+    assert fp.intersection == 0
     assert dataset[0].queries[1].masks.sum() == 0
-    assert fp["union"] == fp["pred_area"] and fp["gt_area"] == 0
-    assert [r["pred_exists"] for r in recs].count(True) <= 1  # one of the two rows emits [SEG]
-    see = np.mean([r["pred_exists"] == r["gt_exists"] for r in recs])
+    assert fp.union == fp.pred_area and fp.gt_area == 0
+    assert [r.pred_exists for r in recs].count(True) <= 1  # one of the two rows emits [SEG]
+    see = np.mean([r.pred_exists == r.gt_exists for r in recs])
     assert res.scores["see"] == pytest.approx(see)
-    total_i = sum(r["intersection"] for r in recs)
-    total_u = sum(r["union"] for r in recs)
+    total_i = sum(r.intersection for r in recs)
+    total_u = sum(r.union for r in recs)
     assert res.scores["overall"]["ciou"] == pytest.approx(total_i / (total_u + 1e-10))
 
 
@@ -207,18 +208,27 @@ def test_shard_is_a_disjoint_cover():
         shard(items, 3, 3)
 
 
-def test_shards_merge_to_the_single_process_result(model, tiny_tokenizer, teacher_set, teacher_bs1):
+def test_merged_records_drop_duplicate_keys_and_sort(teacher_bs1):
+    """Records gathered from several processes merge to one per key, in (image, query) order, whatever the order
+    they arrive in."""
+    from read.evaluation.output_dir import merge_records
+
     ref, _ = teacher_bs1
-    cfg = EvalConfig(batch_size=2)
-    parts = [evaluate(model, tiny_tokenizer, teacher_set, cfg, rank=r, world_size=2) for r in (0, 1)]
-    indices = [{r["index"] for r in p.records} for p in parts]
-    assert indices == [set(range(0, N_IMAGES, 2)), set(range(1, N_IMAGES, 2))]
-    assert [p.evaluated for p in parts] == [6, 5]
-    # DistributedSampler-style padding: rank 1 also scored image 0 (a duplicate key) -> dropped when merging
-    duplicate = dict(parts[0].records[0])
-    merged = merge_records([parts[0].records, parts[1].records + [duplicate]])
+    odd, even = ref.records[1::2], ref.records[0::2]
+    duplicate = dataclasses.replace(ref.records[0], details={"stale": True})
+    merged = merge_records([odd, even[::-1] + [duplicate]])
     assert merged == ref.records
     assert summarize(merged, "teacher") == ref.scores
+
+
+def test_record_json_round_trip(teacher_bs1):
+    ref, out = teacher_bs1
+    lines = read_jsonl(out / "predictions.jsonl")
+    records = [QueryRecord.from_json(line) for line in lines]
+    assert records == ref.records
+    assert [r.to_json() for r in records] == lines
+    assert records[0].details["image"] == lines[0]["image"] and "mask_rle" in records[0].details
+    assert ref.records[0].details == {}  # the records in memory carry no details
 
 
 def test_records_rle_roundtrip():
@@ -254,9 +264,9 @@ def test_interrupted_run_resumes_without_repeating_images(model, tiny_tokenizer,
             evaluate(model, tiny_tokenizer, teacher_set, cfg)
         part = tmp_path / "parts" / "rank000.jsonl"
         assert [r["index"] for r in read_jsonl(part)] == [0, 1, 2, 3]
-        assert complete_images(read_jsonl(part)) == {0, 1, 2, 3}
+        assert complete_images(QueryRecord.from_json(r) for r in read_jsonl(part)) == {0, 1, 2, 3}
         # a process killed mid-write leaves a torn line: that record is ignored and its image evaluated again
-        line = json.dumps(ref.records[4])
+        line = json.dumps(ref.records[4].to_json())
         with part.open("a") as f:
             f.write(line[: len(line) // 2])
 
@@ -330,7 +340,7 @@ def test_changed_data_files_are_not_resumed(model, tiny_tokenizer, tmp_path):
                        EvalConfig(output_dir=str(out)))  # fmt: skip
     assert changed.restart_reason == "its records come from another evaluation (data changed)"
     assert (changed.resumed, changed.evaluated) == (0, 3)
-    assert changed.records[1]["gt_area"] == 81 != first.records[1]["gt_area"]
+    assert changed.records[1].gt_area == 81 != first.records[1].gt_area
 
 
 def test_image_with_torn_records_is_evaluated_again_and_the_new_records_win(tiny_tokenizer, tmp_path):
@@ -341,7 +351,7 @@ def test_image_with_torn_records_is_evaluated_again_and_the_new_records_win(tiny
     assert len(dataset) == 1 and len(dataset[0].queries) == 2
     model = tiny_eval_model(tiny_tokenizer)
     ref = evaluate(model, tiny_tokenizer, dataset, EvalConfig(output_dir=str(tmp_path / "ref")))
-    assert [r["key"] for r in ref.records] == ["0/0", "0/1"] and ref.scores["overall"]["num_masks"] == 2
+    assert [r.key for r in ref.records] == ["0/0", "0/1"] and ref.scores["overall"]["num_masks"] == 2
 
     out = tmp_path / "out"
     (out / "parts").mkdir(parents=True)
@@ -357,11 +367,6 @@ def test_image_with_torn_records_is_evaluated_again_and_the_new_records_win(tiny
     assert rows == [2] and res.resumed == 0
     assert res.records == ref.records
     assert read_jsonl(out / "predictions.jsonl") == read_jsonl(tmp_path / "ref" / "predictions.jsonl")
-
-
-def test_hand_sharding_cannot_share_an_output_dir(model, tiny_tokenizer, teacher_set, tmp_path):
-    with pytest.raises(ValueError, match="cannot share an output_dir"):
-        evaluate(model, tiny_tokenizer, teacher_set, EvalConfig(output_dir=str(tmp_path)), rank=0, world_size=2)
 
 
 # ----------------------------------------------------------------------------------------------------------

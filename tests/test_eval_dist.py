@@ -52,7 +52,8 @@ def _worker(rank: int, store: str, queue, model, tokenizer, dataset, cfg: EvalCo
         torch.set_num_threads(1)
         dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
         seen: list[int] = []
-        model.register_forward_pre_hook(lambda m, args: seen.extend(r["_index"] for r in args[0].meta))
+        index_of = {dataset[i].image_path: i for i in range(len(dataset))}
+        model.register_forward_pre_hook(lambda m, args: seen.extend(index_of[r["image_path"]] for r in args[0].meta))
         res = evaluate(model, tokenizer, dataset, cfg)
         queue.put((rank, res.scores, res.records, res.evaluated, res.resumed, seen))
         dist.destroy_process_group()

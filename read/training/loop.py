@@ -240,7 +240,7 @@ def train_step(engine: Any, micro_batches: Iterator[ReadBatch], device: torch.de
 
 
 def validate(model: torch.nn.Module, tokenizer: Any, dataset: Any, cfg: Any) -> dict[str, float]:
-    """Teacher-forced validation with the shared evaluation code (``read.evaluation``, ``read.metrics``).
+    """Teacher-forced validation with the shared evaluation code (``read.evaluation``, ``read.evaluation.metrics``).
 
     Collective under ``torch.distributed``: every rank scores its share of the images (no duplicates) and gets the
     merged scores.
