@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -118,6 +119,10 @@ class ModelConfig:
     train_extra: list[str] = field(default_factory=list)
 
 
+# How SasP undoes the CLIP centre crop (read.model.sasp.pad_geometry).
+GEOMETRIES = ("reference", "clip")
+
+
 @dataclass
 class SaspConfig:
     """Similarity as Points. ``enabled=False`` gives the LISA baseline ([SEG] embedding only)."""
@@ -133,6 +138,19 @@ class SaspConfig:
     # processor's exact crop (moves the coarse cells on images whose crop excess is odd). A saved model whose
     # read_config.json predates this key was trained with "clip" and loads with it.
     geometry: Literal["reference", "clip"] = "reference"
+
+    def __post_init__(self) -> None:
+        """What SasP itself needs. A config file is held to more (:func:`validate`): thresholds in [0, 1] and
+        ``dtoc_radius >= 1``; the library also takes thresholds outside [0, 1] (no positive or no negative point)
+        and ``dtoc_radius = 0`` (no refinement)."""
+        if not (math.isfinite(self.t_pos) and math.isfinite(self.t_neg) and self.t_neg < self.t_pos):
+            raise ConfigError(f"sasp: need finite t_neg < t_pos, got t_neg={self.t_neg}, t_pos={self.t_pos}")
+        for name, least in (("num_points", 1), ("down_sample", 1), ("dtoc_radius", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(f"sasp.{name} must be an integer >= {least}, got {value!r}")
+        if self.geometry not in GEOMETRIES:
+            raise ConfigError(f"sasp.geometry must be 'reference' or 'clip', got {self.geometry!r}")
 
 
 @dataclass
@@ -266,13 +284,11 @@ def validate(cfg: ReadConfig) -> None:
     for name in ("ce_weight", "bce_weight", "dice_weight", "query_weight"):
         if getattr(cfg.loss, name) < 0:
             raise ConfigError(f"loss.{name} must be >= 0, got {getattr(cfg.loss, name)}")
-    s = cfg.sasp
+    s = cfg.sasp  # SaspConfig.__post_init__ checked what SasP needs; a config file also keeps these ranges
     if not 0.0 <= s.t_neg < s.t_pos <= 1.0:
         raise ConfigError(f"sasp: need 0 <= t_neg < t_pos <= 1, got t_neg={s.t_neg}, t_pos={s.t_pos}")
-    if s.num_points < 1 or s.down_sample < 1 or s.dtoc_radius < 1:
-        raise ConfigError("sasp.num_points, sasp.down_sample and sasp.dtoc_radius must be >= 1")
-    if s.geometry not in ("reference", "clip"):
-        raise ConfigError(f"sasp.geometry must be 'reference' or 'clip', got {s.geometry!r}")
+    if s.dtoc_radius < 1:
+        raise ConfigError(f"sasp.dtoc_radius must be >= 1, got {s.dtoc_radius}")
     side = cfg.model.vision.image_size // cfg.model.vision.patch_size
     if s.enabled and side % s.down_sample != 0:
         raise ConfigError(f"sasp.down_sample={s.down_sample} must divide the image-token grid side {side}")

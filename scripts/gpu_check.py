@@ -185,7 +185,7 @@ def part_sasp(args: argparse.Namespace, device: torch.device, rec: Recorder) -> 
 
     cfg, _ = check_config(args, device)
     dtype = bench_scale.TORCH_DTYPES[cfg.model.dtype]
-    sasp = SasP.from_config(cfg.sasp, clip_size=cfg.model.vision.image_size)
+    sasp = SasP(cfg.sasp, clip_size=cfg.model.vision.image_size)
     n, c = cfg.model.vision.num_patches, cfg.model.text.hidden_size
     g = torch.Generator().manual_seed(args.seed)
     image = torch.randn(len(SIZES), n, c, generator=g).to(device, dtype)

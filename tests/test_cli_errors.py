@@ -129,7 +129,7 @@ def test_bad_overrides(train_ds, tmp_path, capsys):
         ("train.lr", "override 'train.lr' is not of the form key=value (e.g. sasp.num_points=60)"),
         ("train.betas=[0.9", "override 'train.betas=[0.9': the value is not valid YAML (line 1, column 5: while "
                              "parsing a flow sequence expected ',' or ']', but got '<stream end>'); quote it"),
-        ("sasp.t_pos=0.1", f"{config} with the command-line overrides: sasp: need 0 <= t_neg < t_pos <= 1, got "
+        ("sasp.t_pos=0.1", f"{config} with the command-line overrides: sasp: need finite t_neg < t_pos, got "
                            "t_neg=0.2, t_pos=0.1"),
     ):  # fmt: skip
         assert run_main(train_ds.main, ["--config", str(config), override]) == 1

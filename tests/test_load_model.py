@@ -57,7 +57,7 @@ def test_saved_model_with_overrides_and_dtype(saved):
     model, _ = load_model(saved, dtype="bf16", sasp_overrides={"num_points": 2, "geometry": "clip"})
     assert next(model.llava.parameters()).dtype == torch.bfloat16 and model.config.model.dtype == "bfloat16"
     assert next(model.sam.prompt_encoder.parameters()).dtype == torch.float32
-    assert (model.point_prompter.num_points, model.point_prompter.geometry) == (2, "clip")
+    assert (model.point_prompter.cfg.num_points, model.point_prompter.cfg.geometry) == (2, "clip")
     model, _ = load_model(saved, sasp_overrides={"enabled": False}, loss_overrides={"dice_weight": 4.0})
     assert model.point_prompter is None and model.config.loss.dice_weight == 4.0
 
@@ -89,9 +89,9 @@ def test_read_config_without_geometry_loads_with_the_clip_geometry(saved, tmp_pa
     del meta["config"]["sasp"]["geometry"]
     (old / CONFIG_NAME).write_text(json.dumps(meta))
     model, _ = load_model(old)
-    assert model.config.sasp.geometry == "clip" and model.point_prompter.geometry == "clip"
+    assert model.config.sasp.geometry == "clip" and model.point_prompter.cfg.geometry == "clip"
     model, _ = load_model(old, sasp_overrides={"geometry": "reference"})
-    assert model.point_prompter.geometry == "reference"
+    assert model.point_prompter.cfg.geometry == "reference"
 
 
 @pytest.mark.parametrize("family, enabled", [("read", True), ("sesame", False), ("lisa", False)])

@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file
 
 from read.batch import ReadBatch
-from read.config import LoraConfig
+from read.config import LoraConfig, SaspConfig
 from read.constants import CLIP_MEAN, CLIP_STD, IGNORE_INDEX, SAM_PIXEL_MEAN, SAM_PIXEL_STD
 from read.model.read_model import seg_prompt_mask
 from read.model.released import load_released, map_released_state_dict
@@ -185,7 +185,7 @@ def test_sasp_points_in_the_reference_geometry(parity):
         assert rel_diff(sims[k], ref[f"similarity.{k}"]) < SIM_TOL, k
     # the images exercise the geometry: the CLIP processor's crop would put the same labels elsewhere
     sizes = [parity["batch"].original_sizes[int(i)] for i in parity["batch"].image_index]
-    clip_coords, clip_labels = select_points(sims.detach(), sizes, geometry="clip")
+    clip_coords, clip_labels = select_points(sims.detach(), sizes, SaspConfig(geometry="clip"))
     assert torch.equal(clip_labels, labels)
     assert bool(((clip_coords - coords.detach()).norm(dim=-1).amax(-1) > 5.0).all())
 

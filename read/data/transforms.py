@@ -128,6 +128,30 @@ def _check_rgb(image: np.ndarray) -> None:
         raise ValueError(f"empty image of shape {image.shape}")
 
 
+def clip_crop_geometry(height: int, width: int, size: int) -> tuple[int, int, int, int]:
+    """Geometry of the CLIP processor's "resize the shortest side, then centre-crop a square" at ``size``.
+
+    As transformers' ``CLIPImageProcessor`` (``get_resize_output_image_size(default_to_square=False)`` and
+    ``center_crop``): the shortest side becomes exactly ``size``, the longest ``int(size * long / short)``, and the
+    crop starts at ``(resized - size) // 2`` on each axis, so an odd excess leaves the extra row/column at the
+    bottom/right. It is what :func:`clip_preprocess` does, and SasP's ``"clip"`` geometry undoes it
+    (:func:`read.model.sasp.pad_geometry`).
+
+    Arguments:
+        height, width: original image size in pixels.
+        size: side of the square crop (CLIP input side, or the coarse grid side for map B).
+
+    Returns:
+        (resized_height, resized_width, top, left): the resized image before the crop and the crop offsets; undoing
+        the crop pads ``top`` rows above, ``resized_height - size - top`` below, and likewise for columns.
+    """
+    if width <= height:
+        new_w, new_h = size, int(size * height / width)
+    else:
+        new_h, new_w = size, int(size * width / height)
+    return new_h, new_w, (new_h - size) // 2, (new_w - size) // 2
+
+
 def clip_preprocess(image: np.ndarray, size: int) -> Tensor:
     """CLIP branch: shortest side to ``size`` (bicubic), centre crop, rescale, normalise.
 
@@ -139,12 +163,8 @@ def clip_preprocess(image: np.ndarray, size: int) -> Tensor:
         (3, size, size) float32.
     """
     _check_rgb(image)
-    h, w = image.shape[:2]
-    short, long = (w, h) if w <= h else (h, w)
-    new_long = int(size * long / short)
-    new_h, new_w = (new_long, size) if w <= h else (size, new_long)
+    new_h, new_w, top, left = clip_crop_geometry(image.shape[0], image.shape[1], size)
     resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), resample=Image.BICUBIC))
-    top, left = (new_h - size) // 2, (new_w - size) // 2
     crop = resized[top : top + size, left : left + size]
     x = (crop.astype(np.float64) * (1 / 255)).astype(np.float32)
     x = (x - np.array(CLIP_MEAN, dtype=np.float32)) / np.array(CLIP_STD, dtype=np.float32)

@@ -95,7 +95,7 @@ def build_point_prompter(cfg: ReadConfig) -> nn.Module | None:
         return None
     from read.model.sasp import SasP
 
-    return SasP.from_config(cfg.sasp, clip_size=cfg.model.vision.image_size)
+    return SasP(cfg.sasp, clip_size=cfg.model.vision.image_size)
 
 
 def build_read_model(cfg: ReadConfig, vocab_size: int, *, seg_token_id: int, image_token_id: int) -> ReadModel:

@@ -21,7 +21,7 @@ How the crop is undone is the ``geometry`` setting (:func:`pad_geometry`):
   of side ``size`` is padded by ``(int(side * (size / min(H, W))) - size) // 2`` on *both* sides of each axis. An
   odd crop excess therefore loses one row or column, and where the truncation makes the excess -1 (short sides 333
   at 336; 376 and 383 at 12 or 24) the padding is -1 and crops one row/column on each side;
-* ``"clip"`` is the CLIP processor's exact crop (:func:`crop_geometry`): the excess is split with the odd row or
+* ``"clip"`` is the CLIP processor's exact crop (:func:`read.data.transforms.clip_crop_geometry`): the excess is split with the odd row or
   column at the bottom/right and is never negative. On the 12x12 map of READ-7B the two place the cells
   differently on every image whose crop excess is odd: with the same labels, the points move by 32 px at 640x427
   (or 427x640) and by 71 px at 1080x1920; where the reference's padding is -1 (e.g. 376x500) even the chosen
@@ -49,7 +49,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from read.config import SaspConfig
+from read.config import GEOMETRIES, SaspConfig
+from read.data.transforms import clip_crop_geometry
 
 # A map is flat when (max - min) <= FLAT_TOLERANCE * max(|min|, |max|): about 80 float32 ulps of its magnitude,
 # above the rounding noise of a constant map pushed through a matmul or an interpolation.
@@ -59,7 +60,6 @@ FLAT_TOLERANCE = 1e-5
 POSITIVE, NEGATIVE, NEUTRAL = 1, 0, -1
 
 # How the CLIP centre crop is undone (see the module docstring and pad_geometry).
-GEOMETRIES = ("reference", "clip")
 
 
 @dataclass
@@ -126,29 +126,6 @@ class _BatchedDot(torch.autograd.Function):
         return grad_image, grad_seg
 
 
-def crop_geometry(height: int, width: int, size: int) -> tuple[int, int, int, int]:
-    """Geometry of the CLIP processor's "resize the shortest side, then centre-crop a square" at ``size``.
-
-    As transformers' ``CLIPImageProcessor`` (``get_resize_output_image_size(default_to_square=False)`` and
-    ``center_crop``): the shortest side becomes exactly ``size``, the longest ``int(size * long / short)``, and the
-    crop starts at ``(resized - size) // 2`` on each axis, so an odd excess leaves the extra row/column at the
-    bottom/right. This is the ``"clip"`` geometry; READ's own arithmetic is :func:`reference_geometry`.
-
-    Arguments:
-        height, width: original image size in pixels.
-        size: side of the square crop (CLIP input side, or the coarse grid side for map B).
-
-    Returns:
-        (resized_height, resized_width, top, left): the resized image before the crop and the crop offsets; undoing
-        the crop pads ``top`` rows above, ``resized_height - size - top`` below, and likewise for columns.
-    """
-    if width <= height:
-        new_w, new_h = size, int(size * height / width)
-    else:
-        new_h, new_w = size, int(size * width / height)
-    return new_h, new_w, (new_h - size) // 2, (new_w - size) // 2
-
-
 def reference_geometry(height: int, width: int, size: int) -> tuple[int, int, int, int]:
     """READ's undoing of the crop at ``size``: ``new = int(side * (size / min(H, W)))`` per axis, then a padding of
     ``(new - size) // 2`` on both sides of that axis (negative: that many rows/columns are cut on each side).
@@ -177,7 +154,7 @@ def pad_geometry(height: int, width: int, size: int, geometry: str = "reference"
     if geometry == "reference":
         return reference_geometry(height, width, size)
     if geometry == "clip":
-        return crop_geometry(height, width, size)
+        return clip_crop_geometry(height, width, size)
     raise ValueError(f"SasP: geometry must be one of {list(GEOMETRIES)}, got {geometry!r}")
 
 
@@ -201,7 +178,9 @@ def full_resolution_map(
         raise ValueError(f"full_resolution_map: expected sim of shape (N,), got {tuple(sim.shape)}")
     side = _grid_side(sim.shape[0])
     height, width = _check_sizes([image_size], 1)[0]
-    _check_hparams(1, 0.8, 0.2, 1, 0, clip_size, geometry)
+    _check_clip_size(clip_size, geometry)
+    if geometry not in GEOMETRIES:
+        raise ValueError(f"SasP: geometry must be one of {list(GEOMETRIES)}, got {geometry!r}")
     norm, _ = _min_max(sim.to(_compute_dtype(sim.dtype))[None])
     grid = F.interpolate(norm.view(1, 1, side, side), (clip_size, clip_size), mode="bilinear", align_corners=False)
     new_h, new_w, top, left = pad_geometry(height, width, clip_size, geometry)
@@ -212,13 +191,8 @@ def full_resolution_map(
 def select_points(
     sim: Tensor,
     image_sizes: Sequence[tuple[int, int]],
-    num_points: int = 30,
-    t_pos: float = 0.8,
-    t_neg: float = 0.2,
-    down_sample: int = 2,
-    dtoc_radius: int = 10,
+    cfg: SaspConfig | None = None,
     clip_size: int = 336,
-    geometry: str = "reference",
 ) -> tuple[Tensor, Tensor]:
     """Point prompts from similarity maps (SPEC 2.3-2.7), batched over B maps of mixed image sizes.
 
@@ -241,20 +215,21 @@ def select_points(
     Arguments:
         sim: (B, N) similarities, N a perfect square; float64 is kept, other dtypes are computed in float32.
         image_sizes: B pairs (H, W), the original image size of each map.
-        num_points: points per map (30 for READ-7B, 60 for the READ-13B evaluation).
-        t_pos, t_neg: thresholds on the min-max normalised coarse map, t_neg < t_pos.
-        down_sample: the coarse map has ``side // down_sample`` cells a side.
-        dtoc_radius: half-size in pixels of the soft-argmax window.
+        cfg: the SasP settings (default ``SaspConfig()``, READ-7B's): ``num_points`` per map (60 for the READ-13B
+            evaluation), the thresholds ``t_pos`` / ``t_neg`` on the min-max normalised coarse map, ``down_sample``
+            (the coarse map has ``side // down_sample`` cells a side), ``dtoc_radius`` (half-size in pixels of the
+            soft-argmax window) and ``geometry``, how the crop is undone: "reference" (READ's arithmetic) or
+            "clip" (the CLIP processor's exact crop); see the module docstring.
         clip_size: CLIP input side, used to undo its centre crop (336 for ViT-L/14-336; tiny test models use
             their own, e.g. 32). The model passes ``cfg.model.vision.image_size``.
-        geometry: how the crop is undone, "reference" (READ's arithmetic, default) or "clip" (the CLIP
-            processor's exact crop); see the module docstring.
 
     Returns:
         coords: (B, K, 2) (x, y) in original-image pixels, float32 (float64 for float64 ``sim``).
         labels: (B, K) long in {1, 0, -1}.
     """
-    _check_hparams(num_points, t_pos, t_neg, down_sample, dtoc_radius, clip_size, geometry)
+    cfg = cfg or SaspConfig()
+    _check_clip_size(clip_size, cfg.geometry)
+    num_points, down_sample, geometry = cfg.num_points, cfg.down_sample, cfg.geometry
     if sim.dim() != 2:
         raise ValueError(f"select_points: expected sim of shape (B, N), got {tuple(sim.shape)}")
     batch, n = sim.shape
@@ -284,7 +259,7 @@ def select_points(
         coarse = F.interpolate(sim.reshape(batch, 1, side, side), (cells, cells), mode="bilinear", align_corners=False)
         values, flat = _min_max(coarse.reshape(batch, cells * cells).detach())  # (B, M), (B,)
         visible = _visible_cells(cells, coarse_geo)  # (B, M)
-        cell_index, labels, chosen = _rank_cells(values, flat, visible, k, t_pos, t_neg)
+        cell_index, labels, chosen = _rank_cells(values, flat, visible, k, cfg.t_pos, cfg.t_neg)
         pixels = _cell_pixels(cell_index, cells, coarse_geo)  # (B, K, 2) long
         centre = torch.stack([coarse_geo.width // 2, coarse_geo.height // 2], -1)  # (B, 2)
         use_centre = (flat[:, None] | ~chosen)[..., None]  # (B, K, 1)
@@ -292,50 +267,26 @@ def select_points(
 
         # Map A and DtoC.
         norm, _ = _min_max(sim)  # (B, N)
-        coords = _refine(pixels, norm.view(batch, side, side), clip_geo, clip_size, dtoc_radius)
+        coords = _refine(pixels, norm.view(batch, side, side), clip_geo, clip_size, cfg.dtoc_radius)
     return coords, labels
 
 
 class SasP(nn.Module):
-    """Similarity as Points: hidden states to point prompts. Holds the hyper-parameters only (no weights).
+    """Similarity as Points: hidden states to point prompts. Holds the settings only (no weights).
 
     READ-7B: num_points 30, t_pos 0.8, t_neg 0.2, down_sample 2; READ-13B evaluation: 60, 0.6, 0.2, 1; the crop
-    geometry is READ's ("reference") unless ``geometry="clip"``.
+    geometry is READ's ("reference") unless ``cfg.geometry="clip"``.
+
+    Arguments:
+        cfg: the ``sasp`` config section (validated when it is built).
+        clip_size: the CLIP input side, ``cfg.model.vision.image_size``.
     """
 
-    def __init__(
-        self,
-        *,
-        num_points: int = 30,
-        t_pos: float = 0.8,
-        t_neg: float = 0.2,
-        down_sample: int = 2,
-        dtoc_radius: int = 10,
-        clip_size: int = 336,
-        geometry: str = "reference",
-    ) -> None:
+    def __init__(self, cfg: SaspConfig, clip_size: int = 336) -> None:
         super().__init__()
-        _check_hparams(num_points, t_pos, t_neg, down_sample, dtoc_radius, clip_size, geometry)
-        self.num_points = num_points
-        self.t_pos = t_pos
-        self.t_neg = t_neg
-        self.down_sample = down_sample
-        self.dtoc_radius = dtoc_radius
+        _check_clip_size(clip_size, cfg.geometry)
+        self.cfg = cfg
         self.clip_size = clip_size
-        self.geometry = geometry
-
-    @classmethod
-    def from_config(cls, cfg: SaspConfig, clip_size: int) -> SasP:
-        """Build from the ``sasp`` config section; ``clip_size`` is ``cfg.model.vision.image_size``."""
-        return cls(
-            num_points=cfg.num_points,
-            t_pos=cfg.t_pos,
-            t_neg=cfg.t_neg,
-            down_sample=cfg.down_sample,
-            dtoc_radius=cfg.dtoc_radius,
-            clip_size=clip_size,
-            geometry=cfg.geometry,
-        )
 
     def forward(
         self, image_hidden: Tensor, seg_hidden: Tensor, image_sizes: Sequence[tuple[int, int]]
@@ -351,24 +302,14 @@ class SasP(nn.Module):
             PointPrompts with coords (B, K, 2), labels (B, K), sim (B, N); see :func:`select_points`.
         """
         sim = similarity_map(image_hidden, seg_hidden)
-        coords, labels = select_points(
-            sim,
-            image_sizes,
-            num_points=self.num_points,
-            t_pos=self.t_pos,
-            t_neg=self.t_neg,
-            down_sample=self.down_sample,
-            dtoc_radius=self.dtoc_radius,
-            clip_size=self.clip_size,
-            geometry=self.geometry,
-        )
+        coords, labels = select_points(sim, image_sizes, self.cfg, self.clip_size)
         return PointPrompts(coords=coords, labels=labels, sim=sim.float())
 
     def extra_repr(self) -> str:
+        c = self.cfg
         return (
-            f"num_points={self.num_points}, t_pos={self.t_pos}, t_neg={self.t_neg}, "
-            f"down_sample={self.down_sample}, dtoc_radius={self.dtoc_radius}, clip_size={self.clip_size}, "
-            f"geometry={self.geometry!r}"
+            f"num_points={c.num_points}, t_pos={c.t_pos}, t_neg={c.t_neg}, down_sample={c.down_sample}, "
+            f"dtoc_radius={c.dtoc_radius}, clip_size={self.clip_size}, geometry={c.geometry!r}"
         )
 
 
@@ -427,21 +368,12 @@ def _grid_side(n: int) -> int:
     return side
 
 
-def _check_hparams(
-    num_points: int, t_pos: float, t_neg: float, down_sample: int, dtoc_radius: int, clip_size: int, geometry: str
-) -> None:
-    if geometry not in GEOMETRIES:
-        raise ValueError(f"SasP: geometry must be one of {list(GEOMETRIES)}, got {geometry!r}")
-    for name, value in (("num_points", num_points), ("down_sample", down_sample), ("clip_size", clip_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"SasP: {name} must be an integer >= 1, got {value!r}")
+def _check_clip_size(clip_size: int, geometry: str) -> None:
+    if isinstance(clip_size, bool) or not isinstance(clip_size, int) or clip_size < 1:
+        raise ValueError(f"SasP: clip_size must be an integer >= 1, got {clip_size!r}")
     if geometry == "reference" and clip_size < 3:
         # a padding of -1 on each side would leave nothing of a 1- or 2-pixel crop
         raise ValueError(f"SasP: the reference geometry needs clip_size >= 3, got {clip_size}")
-    if isinstance(dtoc_radius, bool) or not isinstance(dtoc_radius, int) or dtoc_radius < 0:
-        raise ValueError(f"SasP: dtoc_radius must be an integer >= 0, got {dtoc_radius!r}")
-    if not (math.isfinite(t_pos) and math.isfinite(t_neg) and t_neg < t_pos):
-        raise ValueError(f"SasP: need finite thresholds with t_neg < t_pos, got t_neg={t_neg}, t_pos={t_pos}")
 
 
 def _check_sizes(image_sizes: Sequence[tuple[int, int]], batch: int) -> list[tuple[int, int]]:
