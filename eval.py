@@ -224,9 +224,10 @@ def weight_directories(args: argparse.Namespace) -> dict[str, Any]:
     """The directories whose files make up the model: the checkpoint and, for a released one, the CLIP tower."""
     tower = args.vision_tower
     if args.released and tower is None:
-        from read.model.released import CONFIG_FILE, read_json, resolve_vision_tower
+        from read.json_io import read_json_object
+        from read.model.released import CONFIG_FILE, resolve_vision_tower
 
-        tower = resolve_vision_tower(None, read_json(Path(args.model) / CONFIG_FILE), args.model)
+        tower = resolve_vision_tower(None, read_json_object(Path(args.model) / CONFIG_FILE), args.model)
     return {"model": args.model, "vision_tower": tower}
 
 

@@ -80,16 +80,7 @@ class ReadPredictor:
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
         cfg = model.config
-        self.collator = ReadCollator(
-            tokenizer,
-            conv_type,
-            clip_size=cfg.model.vision.image_size,
-            sam_size=cfg.model.sam.image_size,
-            num_image_tokens=cfg.model.vision.num_patches,
-            max_length=None,
-            padding_side="left",
-            strict=True,
-        )
+        self.collator = ReadCollator.from_config(cfg, tokenizer, template=conv_type, padding_side="left", inference=True)
         self.image: np.ndarray | None = None
         self.image_path = ""
         self._views: PreprocessedImage | None = None

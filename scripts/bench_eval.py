@@ -256,11 +256,7 @@ def main() -> int:
         dataset = build_eval_dataset(tmp, "ReasonSeg", "val", generation=generate)
         scripts = None
         if generate:
-            m = cfg.model
-            collator = ReadCollator(
-                tokenizer, "llava_v1", clip_size=m.vision.image_size, sam_size=m.sam.image_size,
-                num_image_tokens=m.vision.num_patches, max_length=None, padding_side="left",
-            )  # fmt: skip
+            collator = ReadCollator.from_config(cfg, tokenizer, template="llava_v1", padding_side="left", inference=True)
             calibration = collator([dataset[i] for i in range(min(8, len(dataset)))])
             scripts = script_answers(
                 model, calibration, token_pool=answer_pool(dataset, collator, tokenizer),

@@ -287,16 +287,10 @@ def _run_shard(
 ) -> list[QueryRecord]:
     """Evaluate the images ``indices``; append full records to this rank's part file; return them without details."""
     model_cfg = model.config.model
-    collator = ReadCollator(
-        tokenizer,
-        cfg.conv_type,
-        clip_size=model_cfg.vision.image_size,
-        sam_size=model_cfg.sam.image_size,
-        num_image_tokens=model_cfg.vision.num_patches,
-        max_length=None,  # evaluation never drops a row
-        padding_side="right" if cfg.mode == "teacher" else "left",
-        strict=True,
-    )
+    padding_side = "right" if cfg.mode == "teacher" else "left"
+    collator = ReadCollator.from_config(
+        model.config, tokenizer, template=cfg.conv_type, padding_side=padding_side, inference=True
+    )  # evaluation never drops a row
     loader = DataLoader(
         _IndexedSamples(dataset, indices),
         batch_size=cfg.batch_size,

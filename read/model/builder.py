@@ -18,9 +18,10 @@ from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForCon
 
 from read.config import ModelConfig, ReadConfig, fill_saved_defaults
 from read.errors import ConfigError, FileFormatError, MissingFileError
+from read.json_io import read_json_object
 from read.model.dtypes import resolve_dtype
 from read.model.read_model import ReadModel
-from read.model.sam import build_sam, load_sam_checkpoint
+from read.model.sam import build_sam, keep_prompt_encoder_fp32, load_sam_checkpoint
 from read.model.weights import load_checked_state_dict, load_state_dict_file
 
 logger = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ def cast_model(model: ReadModel, dtype: str | torch.dtype) -> ReadModel:
         if name.endswith("inv_freq") and buf.is_floating_point()
     }
     model.to(torch_dtype)
-    model.sam.prompt_encoder.float()
+    keep_prompt_encoder_fp32(model.sam)
     for name, buf in rotary.items():
         module_name, _, attr = name.rpartition(".")
         module = model.get_submodule(module_name)
@@ -257,12 +258,9 @@ def from_pretrained(
 
 def _read_model_meta(path: Path) -> dict[str, Any]:
     """``read_config.json``: the config and the vocabulary ids, checked to be there."""
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FileFormatError(f"{path}: invalid JSON ({e})") from e
+    meta = read_json_object(path)
     keys = ("config", "vocab_size", "seg_token_id", "image_token_id")
-    if not isinstance(meta, dict) or any(k not in meta for k in keys):
+    if any(k not in meta for k in keys):
         raise FileFormatError(f"{path}: expected an object with {', '.join(keys)} (as save_pretrained writes it)")
     if not all(isinstance(meta[k], int) and not isinstance(meta[k], bool) and meta[k] >= 0 for k in keys[1:]):
         raise FileFormatError(f"{path}: vocab_size, seg_token_id and image_token_id must be non-negative integers")

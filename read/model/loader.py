@@ -75,9 +75,10 @@ def load_model(
     torch_dtype = _dtype(dtype)
     sasp = dict(sasp_overrides or {})
     if released:
-        from read.model.released import CONFIG_FILE, checkpoint_family, load_released, read_json, released_sasp_config
+        from read.json_io import read_json_object
+        from read.model.released import CONFIG_FILE, checkpoint_family, load_released, released_sasp_config
 
-        family = checkpoint_family(read_json(directory / CONFIG_FILE), str(directory / CONFIG_FILE))
+        family = checkpoint_family(read_json_object(directory / CONFIG_FILE), str(directory / CONFIG_FILE))
         try:
             sasp_cfg = released_sasp_config(family, sasp)
         except ValueError as err:

@@ -49,6 +49,7 @@ from torch import Tensor
 from read.config import ModelConfig, ReadConfig, SamConfig, SaspConfig, TextConfig, VisionConfig
 from read.constants import EXTRA_TOKENS
 from read.errors import ConfigError, FileFormatError, MissingFileError
+from read.json_io import read_json_object
 from read.model.builder import build_read_model
 from read.model.dtypes import dtype_name
 from read.model.read_model import ReadModel
@@ -93,19 +94,6 @@ _VOCAB_KEYS = ("llava.model.language_model.embed_tokens.weight", "llava.lm_head.
 # reading the directories
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path``, with the file named in every error."""
-    if not path.is_file():
-        raise MissingFileError(f"{path} not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise FileFormatError(f"{path}: invalid JSON ({err})") from err
-    if not isinstance(data, dict):
-        raise FileFormatError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
-
-
 def checkpoint_family(hf_config: Mapping[str, Any], source: str = CONFIG_FILE) -> str:
     """"read", "sesame" or "lisa" from ``architectures`` in config.json."""
     archs = hf_config.get("architectures")
@@ -120,7 +108,7 @@ def load_checkpoint_weights(ckpt_dir: str | Path) -> dict[str, Tensor]:
     state = load_sharded_state_dict(d)
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         if (d / index_name).is_file():
-            weight_map = read_json(d / index_name).get("weight_map")
+            weight_map = read_json_object(d / index_name).get("weight_map")
             if not isinstance(weight_map, dict):
                 raise FileFormatError(f"{d / index_name}: no 'weight_map' object")
             absent = sorted(set(weight_map) - set(state))
@@ -165,7 +153,7 @@ def clip_vision_config(tower_dir: str | Path, feature_layer: int) -> VisionConfi
     from transformers import CLIPVisionConfig
 
     path = Path(tower_dir) / CONFIG_FILE
-    data = read_json(path)
+    data = read_json_object(path)
     fields = data.get("vision_config", data) if data.get("model_type") == "clip" else data
     if not isinstance(fields, dict):
         raise FileFormatError(f"{path}: vision_config must be an object")
@@ -588,7 +576,7 @@ def load_released(
     if not ckpt.is_dir():
         raise MissingFileError(f"checkpoint directory not found: {ckpt}")
     config_path = ckpt / CONFIG_FILE
-    hf_config = read_json(config_path)
+    hf_config = read_json_object(config_path)
     checkpoint_family(hf_config, str(config_path))
     original = load_checkpoint_weights(ckpt)
     check_text_sizes(hf_config, original, str(config_path))

@@ -31,6 +31,12 @@ _REGISTRY_SIZES = {
 }
 
 
+def keep_prompt_encoder_fp32(sam: Sam) -> None:
+    """Put SAM's prompt encoder back in fp32 after the model was cast (or wrapped) to a half dtype: its positional
+    encoding computes ``coords.to(torch.float)`` and fails against bf16/fp16 weights. In place."""
+    sam.prompt_encoder.float()
+
+
 def sam_config_for(variant: str) -> SamConfig:
     """The SamConfig of one of segment_anything's registry models (vit_h, vit_l, vit_b)."""
     if variant not in _REGISTRY_SIZES:

@@ -41,6 +41,7 @@ import torch
 import torch.distributed as tdist
 
 from read.errors import DiskFullError, FileFormatError, MissingFileError, UserError
+from read.json_io import read_json_object
 from read.training.safe_checkpoint import load_file
 
 logger = logging.getLogger(__name__)
@@ -258,16 +259,10 @@ def resolve_checkpoint(spec: str, run_dir: str | Path) -> Path | None:
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object written into a checkpoint; errors name the file."""
-    if not path.is_file():
-        raise MissingFileError(f"{path} not found: the checkpoint is incomplete")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FileFormatError(f"{path}: invalid JSON ({e}); the checkpoint is damaged: use another one") from e
-    if not isinstance(data, dict):
-        raise FileFormatError(f"{path}: expected a JSON object")
-    return data
+    """A JSON object written into a checkpoint; errors name the file and say what to do."""
+    return read_json_object(
+        path, missing_hint="the checkpoint is incomplete", damaged_hint="the checkpoint is damaged: use another one"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------

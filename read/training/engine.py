@@ -32,6 +32,7 @@ from read.errors import ConfigError, FileFormatError, MissingFileError
 from read.model import ReadModel, build_from_base, build_read_model, load_model
 from read.model.builder import cast_model
 from read.model.dtypes import DTYPES, PRECISIONS
+from read.model.sam import keep_prompt_encoder_fp32
 from read.training.loop import install_nonfinite_guard
 
 logger = logging.getLogger(__name__)
@@ -295,6 +296,6 @@ def create_engine(model: ReadModel, cfg: ReadConfig, dist: DistInfo, precision: 
     if not params:
         raise ConfigError("no trainable parameters: check the lora / model sections of the config")
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config)
-    engine.module.sam.prompt_encoder.float()
+    keep_prompt_encoder_fp32(engine.module.sam)
     install_nonfinite_guard(engine.module)
     return engine
