@@ -46,9 +46,9 @@ from read.errors import ConfigError, MissingFileError, MissingPackageError
 from read.model.trainable import prepare_for_training
 from read.training.checkpoint import (
     DS_TAG,
-    META_FILE,
     STATE_FILE,
     CheckpointManager,
+    CheckpointMeta,
     RunInUseError,
     load_rng_state,
     read_json,
@@ -139,7 +139,7 @@ def setup(
     changes: list[ConfigChange] = []
     if ckpt is not None:
         scan_checkpoint(ckpt)  # refuse a tampered checkpoint before building anything
-        stored = read_json(ckpt / META_FILE)["config"]
+        stored = CheckpointMeta.read(ckpt).config
         changes = check_resume_config(stored, checkpoint_config(cfg), accept=accept_config_changes,
                                       checkpoint=str(ckpt))  # fmt: skip
         for change in changes:
@@ -191,9 +191,9 @@ def load_checkpoint(engine: Any, ckpt: Path, rank: int) -> TrainState:
 
     DeepSpeed reads its files with every ``torch.load`` made weights-only (see ``read.training.safe_checkpoint``).
     """
-    meta = read_json(ckpt / META_FILE)
+    meta = CheckpointMeta.read(ckpt)
     with weights_only_loads():
-        path, _ = engine.load_checkpoint(str(ckpt), tag=DS_TAG, load_module_strict=not meta["exclude_frozen"])
+        path, _ = engine.load_checkpoint(str(ckpt), tag=DS_TAG, load_module_strict=not meta.exclude_frozen)
     if path is None:
         raise MissingFileError(f"{ckpt}: DeepSpeed found no engine state under tag '{DS_TAG}'; use another checkpoint")
     load_rng_state(ckpt, rank)
@@ -266,16 +266,16 @@ def checkpoint_config(cfg: ReadConfig) -> dict[str, Any]:
 def save_checkpoint(run: Run, is_best: bool) -> Path:
     """Write the latest checkpoint atomically (and point ``best`` at it if ``is_best``); collective."""
     module = run.engine.module
-    meta = {
-        "config": checkpoint_config(run.cfg),
-        "vocab_size": len(run.tokenizer),  # = embedding rows (checked when the model was built)
-        "seg_token_id": module.seg_token_id,
-        "image_token_id": module.image_token_id,
-        "tokenizer_path": str(Path(tokenizer_dir(run.cfg)).resolve()),
-        "exclude_frozen": run.exclude_frozen,
-        "precision": run.precision,
-        "world_size": run.dist.world_size,
-    }
+    meta = CheckpointMeta(
+        config=checkpoint_config(run.cfg),
+        vocab_size=len(run.tokenizer),  # = embedding rows (checked when the model was built)
+        seg_token_id=module.seg_token_id,
+        image_token_id=module.image_token_id,
+        tokenizer_path=str(Path(tokenizer_dir(run.cfg)).resolve()),
+        exclude_frozen=run.exclude_frozen,
+        precision=run.precision,
+        world_size=run.dist.world_size,
+    )
 
     def write(directory: Path) -> None:
         run.engine.save_checkpoint(str(directory), tag=DS_TAG, exclude_frozen_parameters=run.exclude_frozen)

@@ -25,6 +25,7 @@ Checkpoint files are read back without running code (``read.training.safe_checkp
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -33,6 +34,7 @@ import random
 import re
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,42 @@ _NAME = re.compile(r"^step_(\d{8})$")
 # A failed torch.save does not say why (its zip writer reports e.g. "unexpected pos"); with less free space than
 # this left where it wrote, the failure is taken to be a full disk.
 LOW_SPACE_BYTES = 64 * 2**20
+
+
+@dataclass
+class CheckpointMeta:
+    """What a checkpoint records about its model (``model_meta.json``): enough to rebuild and export it.
+
+    Attributes:
+        config: the resolved config of the run (``ReadConfig.to_dict()`` with absolute paths).
+        vocab_size: embedding rows; seg_token_id, image_token_id: the ids of ``[SEG]`` and ``<image>``.
+        tokenizer_path: the tokenizer directory the run used.
+        exclude_frozen: the DeepSpeed files hold the trainable parameters only (the frozen ones come from the base).
+        precision: the training precision; world_size: the number of processes that wrote the checkpoint.
+    """
+
+    config: dict[str, Any]
+    vocab_size: int
+    seg_token_id: int
+    image_token_id: int
+    tokenizer_path: str
+    exclude_frozen: bool
+    precision: str
+    world_size: int
+
+    @classmethod
+    def read(cls, checkpoint: Path) -> CheckpointMeta:
+        """The metadata of ``checkpoint``; a missing file or key says that the checkpoint is damaged."""
+        path = checkpoint / META_FILE
+        data = read_json(path)
+        names = [f.name for f in dataclasses.fields(cls)]
+        missing = [n for n in names if n not in data]
+        if missing:
+            raise FileFormatError(f"{path}: expected the keys {', '.join(names)}; the checkpoint is damaged")
+        return cls(**{n: data[n] for n in names})
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 class RunInUseError(UserError, FileExistsError):
@@ -140,7 +178,7 @@ class CheckpointManager:
         write: Callable[[Path], None],
         *,
         state: dict[str, Any],
-        meta: dict[str, Any],
+        meta: CheckpointMeta,
         is_best: bool,
     ) -> Path:
         """Write one checkpoint atomically and move the pointers.
@@ -150,7 +188,7 @@ class CheckpointManager:
             write: called on every rank with the temporary directory; writes the engine state into it (e.g.
                 ``engine.save_checkpoint(tmp, tag="ds")``).
             state: the loop state (JSON), written by rank 0.
-            meta: model metadata (JSON), written by rank 0.
+            meta: model metadata, written by rank 0.
             is_best: also point ``best`` at this checkpoint.
 
         Returns:
@@ -170,7 +208,7 @@ class CheckpointManager:
             save_rng_state(tmp, self.rank)
             if self.rank == 0:
                 (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
-                (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+                (tmp / META_FILE).write_text(json.dumps(meta.to_json(), indent=2) + "\n")
         except (OSError, RuntimeError) as e:
             self._raise_if_disk_full(e, tmp)
             raise

@@ -25,7 +25,7 @@ from read.model import ReadModel, build_read_model, save_pretrained
 from read.model.builder import cast_model
 from read.model.trainable import merge_lora, prepare_for_training
 from read.model.weights import load_checked_state_dict
-from read.training.checkpoint import DS_TAG, META_FILE, read_json, resolve_checkpoint
+from read.training.checkpoint import DS_TAG, META_FILE, CheckpointMeta, resolve_checkpoint
 from read.training.safe_checkpoint import scan_checkpoint, weights_only_loads
 
 logger = logging.getLogger(__name__)
@@ -69,28 +69,23 @@ def rebuild_training_model(checkpoint: str | Path) -> tuple[ReadModel, ReadConfi
 
     ckpt = Path(checkpoint)
     scan_checkpoint(ckpt)
-    meta = read_json(ckpt / META_FILE)
-    keys = ("config", "tokenizer_path", "exclude_frozen", "vocab_size", "seg_token_id", "image_token_id")
-    if any(k not in meta for k in keys):
-        raise FileFormatError(f"{ckpt / META_FILE}: expected the keys {', '.join(keys)}; the checkpoint is damaged")
+    meta = CheckpointMeta.read(ckpt)
     try:
-        cfg = ReadConfig.from_dict(fill_saved_defaults(meta["config"]))
+        cfg = ReadConfig.from_dict(fill_saved_defaults(meta.config))
     except ConfigError as e:
         raise ConfigError(f"{ckpt / META_FILE}: {e}") from e
-    cfg.model.tokenizer_path = meta["tokenizer_path"]
+    cfg.model.tokenizer_path = meta.tokenizer_path
     tokenizer = load_tokenizer(cfg)
-    if meta["exclude_frozen"]:
+    if meta.exclude_frozen:
         model = build_model(cfg, tokenizer)  # frozen weights come from model.init, as in training
     else:
-        model = build_read_model(
-            cfg, meta["vocab_size"], seg_token_id=meta["seg_token_id"], image_token_id=meta["image_token_id"]
-        )
+        model = build_read_model(cfg, meta.vocab_size, seg_token_id=meta.seg_token_id, image_token_id=meta.image_token_id)
     prepare_for_training(model, cfg)
     model.float()
-    state = consolidated_state_dict(ckpt, meta["exclude_frozen"])
+    state = consolidated_state_dict(ckpt, meta.exclude_frozen)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     load_checked_state_dict(
-        model, state, f"{ckpt} (weights)", required=trainable if meta["exclude_frozen"] else None,
+        model, state, f"{ckpt} (weights)", required=trainable if meta.exclude_frozen else None,
         hint=f"{META_FILE} and the DeepSpeed files come from different runs",
     )  # fmt: skip
     model.eval()
