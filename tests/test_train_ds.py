@@ -32,8 +32,8 @@ from read.training.checkpoint import CheckpointManager
 from read.training.engine import DistInfo, create_engine, setup_distributed
 from read.training.export import consolidated_state_dict, export_checkpoint
 from read.training.safe_checkpoint import load_file
+from read.model.sasp import NonFiniteActivation
 from read.training.loop import (
-    NonFiniteActivation,
     NonFiniteLossError,
     TrainState,
     install_nonfinite_guard,

@@ -26,8 +26,27 @@ from transformers import LlavaForConditionalGeneration
 
 from read.batch import ReadBatch
 from read.config import ReadConfig
-from read.model.losses import causal_lm_loss, mask_losses, query_word_loss
+from read.model.losses import read_losses
 from read.model.sam import decode_masks_batched, to_sam_frame
+
+
+@dataclass
+class MaskPrediction:
+    """What :meth:`ReadModel.predict_masks` returns. Per-row lists have one entry per row (R entries).
+
+    Attributes:
+        masks: per row, (k_r, H, W) fp32 mask logits at the original image size, one per ``[SEG]`` of the row.
+        point_coords: per row, (k_r, P, 2) SasP points (x, y) in original-image pixels (P = 0 without SasP).
+        point_labels: per row, (k_r, P) point labels in {1, 0, -1}.
+        similarity: per row, (k_r, N) similarity maps (N = 0 without SasP).
+        prompts: (K, out_dim) projected ``[SEG]`` prompts of the whole batch, row-major (row 0's first).
+    """
+
+    masks: list[Tensor]
+    point_coords: list[Tensor]
+    point_labels: list[Tensor]
+    similarity: list[Tensor]
+    prompts: Tensor
 
 
 @dataclass
@@ -238,7 +257,7 @@ class ReadModel(nn.Module):
         sam_embeddings: Tensor,
         original_sizes: list[tuple[int, int]],
         resized_sizes: list[tuple[int, int]],
-    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor], Tensor]:
+    ) -> MaskPrediction:
         """One mask per ``[SEG]`` in each row.
 
         Arguments:
@@ -249,8 +268,7 @@ class ReadModel(nn.Module):
             original_sizes, resized_sizes: B pairs (H, W) / (h, w).
 
         Returns:
-            per-row lists of masks (k_r, H, W), point coords (k_r, P, 2), point labels (k_r, P), similarity
-            maps (k_r, N); and the (K, out_dim) projected ``[SEG]`` prompts, row-major (row 0's first).
+            :class:`MaskPrediction`: per-row masks, points and similarity maps, and the projected prompts.
         """
         rows = input_ids.shape[0]
         prompt_pos = seg_prompt_mask(input_ids, self.seg_token_id)  # (R, L)
@@ -293,7 +311,7 @@ class ReadModel(nn.Module):
             out_coords.append(coords[idx])
             out_labels.append(labels_out[idx])
             out_sims.append(sims[idx])
-        return out_masks, out_coords, out_labels, out_sims, seg_embeddings
+        return MaskPrediction(out_masks, out_coords, out_labels, out_sims, seg_embeddings)
 
     # ------------------------------------------------------------------------------------------------------
     # forward
@@ -322,46 +340,34 @@ class ReadModel(nn.Module):
             sam_embeddings = self.encode_sam_images(batch.sam_images)
         hidden = self.language_forward(batch.input_ids, batch.attention_mask, image_features[batch.image_index])
         logits = self.llava.lm_head(hidden) if return_logits or batch.labels is not None else None  # (R, L, V)
-        masks, coords, labels, sims, prompts = self.predict_masks(
+        pred = self.predict_masks(
             hidden, batch.input_ids, batch.image_index, sam_embeddings, batch.original_sizes, batch.resized_sizes
         )
-
-        weights = self.config.loss
-        ce = bce = dice = None
-        num_masks = 0
-        total: Tensor | None = None
-        if batch.labels is not None:
-            ce = causal_lm_loss(text_only_logits(logits, self.image_token_id), batch.labels)
-            total = weights.ce_weight * ce
-        if batch.gt_masks is not None:
-            for r, (p, g) in enumerate(zip(masks, batch.gt_masks)):
-                if p.shape[0] != g.shape[0]:
-                    raise ValueError(
-                        f"row {r}: {p.shape[0]} [SEG] token(s) in the input but {g.shape[0]} ground-truth mask(s)"
-                    )
-            bce, dice, num_masks = mask_losses(masks, batch.gt_masks)
-            mask_total = weights.bce_weight * bce + weights.dice_weight * dice
-            total = mask_total if total is None else total + mask_total
-        query = None
-        if weights.query_weight > 0 and batch.query_ids is not None:
-            if self.query_head is None:
-                raise ValueError("loss.query_weight > 0 needs the model's query_head (build it with that config)")
-            per_row = torch.tensor([m.shape[0] for m in masks], device=batch.query_ids.device)  # [SEG]s per row
-            query_ids = batch.query_ids.repeat_interleave(per_row, dim=0)  # (K, Q), in the prompts' row-major order
-            query, _ = query_word_loss(self.query_head(prompts), query_ids)
-            total = weights.query_weight * query if total is None else total + weights.query_weight * query
+        text_logits = text_only_logits(logits, self.image_token_id) if batch.labels is not None else None
+        use_query = self.config.loss.query_weight > 0 and batch.query_ids is not None
+        if use_query and self.query_head is None:
+            raise ValueError("loss.query_weight > 0 needs the model's query_head (build it with that config)")
+        losses = read_losses(
+            self.config.loss,
+            text_logits,
+            batch.labels,
+            pred.masks,
+            batch.gt_masks,
+            self.query_head(pred.prompts) if use_query else None,
+            batch.query_ids,
+        )
         return ReadOutput(
-            loss=total,
-            ce_loss=ce,
-            bce_loss=bce,
-            dice_loss=dice,
+            loss=losses.total,
+            ce_loss=losses.ce,
+            bce_loss=losses.bce,
+            dice_loss=losses.dice,
             logits=logits,
-            pred_masks=masks,
-            point_coords=coords,
-            point_labels=labels,
-            similarity=sims,
-            num_masks=num_masks,
-            query_loss=query,
+            pred_masks=pred.masks,
+            point_coords=pred.point_coords,
+            point_labels=pred.point_labels,
+            similarity=pred.similarity,
+            num_masks=losses.num_masks,
+            query_loss=losses.query,
         )
 
     # ------------------------------------------------------------------------------------------------------
@@ -551,7 +557,8 @@ class ReadModel(nn.Module):
                 [batch.resized_sizes[i] for i in picked],
             )
             for j, r in enumerate(seg_rows.tolist()):
-                masks[r], coords[r], labels[r], sims[r] = out[0][j], out[1][j], out[2][j], out[3][j]
+                masks[r], coords[r] = out.masks[j], out.point_coords[j]
+                labels[r], sims[r] = out.point_labels[j], out.similarity[j]
         return ReadOutput(
             loss=None,
             ce_loss=None,

@@ -271,6 +271,11 @@ def select_points(
     return coords, labels
 
 
+class NonFiniteActivation(FloatingPointError):
+    """The hidden states given to SasP hold NaN/inf: the forward pass cannot continue (during training, a diverged
+    step; see :attr:`SasP.nonfinite_is_divergence`)."""
+
+
 class SasP(nn.Module):
     """Similarity as Points: hidden states to point prompts. Holds the settings only (no weights).
 
@@ -280,13 +285,16 @@ class SasP(nn.Module):
     Arguments:
         cfg: the ``sasp`` config section (validated when it is built).
         clip_size: the CLIP input side, ``cfg.model.vision.image_size``.
+        nonfinite_is_divergence: NaN/inf hidden states raise :class:`NonFiniteActivation` (a diverged training step,
+            which the training loop skips) instead of the ``ValueError`` of bad input. Training sets it.
     """
 
-    def __init__(self, cfg: SaspConfig, clip_size: int = 336) -> None:
+    def __init__(self, cfg: SaspConfig, clip_size: int = 336, *, nonfinite_is_divergence: bool = False) -> None:
         super().__init__()
         _check_clip_size(clip_size, cfg.geometry)
         self.cfg = cfg
         self.clip_size = clip_size
+        self.nonfinite_is_divergence = nonfinite_is_divergence
 
     def forward(
         self, image_hidden: Tensor, seg_hidden: Tensor, image_sizes: Sequence[tuple[int, int]]
@@ -301,6 +309,10 @@ class SasP(nn.Module):
         Returns:
             PointPrompts with coords (B, K, 2), labels (B, K), sim (B, N); see :func:`select_points`.
         """
+        if self.nonfinite_is_divergence:
+            for states in (image_hidden, seg_hidden):
+                if not bool(torch.isfinite(states).all()):
+                    raise NonFiniteActivation(f"non-finite SasP input of shape {tuple(states.shape)}")
         sim = similarity_map(image_hidden, seg_hidden)
         coords, labels = select_points(sim, image_sizes, self.cfg, self.clip_size)
         return PointPrompts(coords=coords, labels=labels, sim=sim.float())

@@ -30,6 +30,7 @@ from torch import Tensor
 from read.batch import ReadBatch
 from read.data.mixture import ShardedSampler
 from read.errors import UserError
+from read.model.sasp import NonFiniteActivation
 
 logger = logging.getLogger(__name__)
 
@@ -40,28 +41,16 @@ class NonFiniteLossError(UserError, RuntimeError):
     """Too many optimizer steps in a row had a non-finite loss or gradient (the learning rate or the data)."""
 
 
-class NonFiniteActivation(FloatingPointError):
-    """A forward pass produced NaN/inf where the model cannot continue (see :func:`install_nonfinite_guard`)."""
-
-
 def install_nonfinite_guard(model: torch.nn.Module) -> None:
     """Make a non-finite forward pass end in :class:`NonFiniteActivation` instead of an input error.
 
     SasP rejects NaN/inf similarity maps with a ``ValueError`` (bad input), but during training NaN hidden states
-    mean a diverged step, which :func:`train_step` skips. A forward pre-hook on the point prompter checks its
-    tensor inputs and raises :class:`NonFiniteActivation` first. No-op for models without a point prompter.
+    mean a diverged step, which :func:`train_step` skips: this sets the point prompter's
+    ``nonfinite_is_divergence``. No-op for models without a point prompter.
     """
     prompter = getattr(model, "point_prompter", None)
-    if prompter is None or getattr(prompter, "_nonfinite_guard", False):
-        return
-
-    def check(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
-        for a in args:
-            if isinstance(a, Tensor) and a.is_floating_point() and not bool(torch.isfinite(a).all()):
-                raise NonFiniteActivation(f"non-finite {type(module).__name__} input of shape {tuple(a.shape)}")
-
-    prompter.register_forward_pre_hook(check)
-    prompter._nonfinite_guard = True
+    if prompter is not None:
+        prompter.nonfinite_is_divergence = True
 
 
 @dataclass
