@@ -141,7 +141,7 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     if args.mode is None:
         args.mode = "generate" if false_premise else "teacher"
     if args.conv_type is None:
-        # [FIX SPEC 4.4] the template is always explicit; vicuna_v1 is what the reference's test script used
+        # the template is always explicit; vicuna_v1 is what the reference's test script used
         args.conv_type = "vicuna_v1" if false_premise else "llava_v1"
     if args.output_dir is None:
         name = Path(args.model).resolve().name

@@ -216,7 +216,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation, checkpointing and logging (SPEC 5). DeepSpeed settings that are not hyper-parameters live in
+    """Optimisation, checkpointing and logging (docs/reference.md#training-recipe). DeepSpeed settings that are not hyper-parameters live in
     ``deepspeed_config``; its "auto" values are filled from here (read/training/engine.py)."""
 
     output_dir: str = "runs/read"  # run directory: checkpoints/, tensorboard/, metrics.jsonl, config.json

@@ -6,7 +6,7 @@
     >>> pred.answer, pred.masks.shape, pred.found
 
 ``segment(model, tokenizer, image, query)`` does the same in one call. Prompts use the conversation template given
-(llava_v1 by default, the template of training and evaluation; SPEC 4.4 [FIX]).
+(llava_v1 by default, the template of training and evaluation; docs/reference.md#conversation-template).
 """
 
 from __future__ import annotations

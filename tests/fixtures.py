@@ -373,7 +373,7 @@ def write_llava(dataset_dir: Path) -> dict:
 
 
 def write_all(dataset_dir: Path) -> dict[str, Any]:
-    """Every dataset type under one root (the layout of SPEC 4.1)."""
+    """Every dataset type under one root (the layout of docs/reference.md#data-layout)."""
     out = {"reason_seg": write_reason_seg(dataset_dir)}
     for ds in ("refcoco", "refcoco+"):
         out[ds] = write_refcoco(dataset_dir, ds)

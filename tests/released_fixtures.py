@@ -1,7 +1,7 @@
 """Writers of tiny checkpoints in the exact layouts of the released READ / SESAME / LISA models and of OpenAI CLIP
 towers, for the loader tests.
 
-The original key names are spelled out here from the reference's module tree (SPEC 8.2), independently of
+The original key names are spelled out here from the reference's module tree, independently of
 ``read.model.released``: LLaMA keys under ``model.``, the projector as ``model.mm_projector``, SAM under
 ``model.visual_model.`` (pip ``segment_anything`` names), the head as ``model.text_hidden_fcs.0``. The config.json
 is what transformers 4.31 writes for the reference's ``LlavaConfig`` (a ``LlamaConfig`` subclass: LLaMA fields at
@@ -65,7 +65,7 @@ def sizes_7b(family: str = "read") -> Sizes:
 
 
 def hf_config_dict(family: str, s: Sizes, vision_tower: str = "../dataset/clip-vit-large-patch14-336") -> dict:
-    """config.json of a released checkpoint, as transformers 4.31 wrote it (SPEC 8.3)."""
+    """config.json of a released checkpoint, as transformers 4.31 wrote it."""
     cfg = {
         "_name_or_path": "./runs/merged",
         "architectures": [ARCHITECTURE[family]],
@@ -277,7 +277,7 @@ def write_clip_tower(
 
 
 def expected_target(key: str) -> str | None:
-    """SPEC 8.4, restated for the tests: where an original key must land in ReadModel (None: dropped)."""
+    """The key mapping, restated for the tests: where an original key must land in ReadModel (None: dropped)."""
     if key.endswith("rotary_emb.inv_freq"):
         return None
     renames = [

@@ -1,4 +1,4 @@
-"""Slow, literal SasP written step by step from SPEC 2.3-2.7: one sample at a time, one point at a time, and the
+"""Slow, literal SasP written step by step from docs/reference.md#sasp: one sample at a time, one point at a time, and the
 soft-argmax over the whole full-resolution map for every point, as the reference does.
 
 In the "reference" geometry the crop is undone with the reference's arithmetic, literally: ``new = int(side *
@@ -69,7 +69,7 @@ def min_max(x: Tensor) -> tuple[Tensor, bool]:
 
 
 def map_a(sim: Tensor, image_size: tuple[int, int], clip_size: int, geometry: str = "reference") -> Tensor:
-    """SPEC 2.3: the full-resolution (H, W) map."""
+    """Map A: the full-resolution (H, W) map."""
     h, w = image_size
     side = math.isqrt(sim.shape[0])
     norm, _ = min_max(sim)
@@ -83,7 +83,7 @@ def map_a(sim: Tensor, image_size: tuple[int, int], clip_size: int, geometry: st
 def map_b(
     sim: Tensor, image_size: tuple[int, int], down_sample: int, geometry: str = "reference"
 ) -> tuple[Tensor, bool]:
-    """SPEC 2.4: the coarse map padded with -1 to the image's aspect, and whether it is flat."""
+    """Map B: the coarse map padded with -1 to the image's aspect, and whether it is flat."""
     h, w = image_size
     side = math.isqrt(sim.shape[0])
     cells = side // down_sample
@@ -94,7 +94,7 @@ def map_b(
 
 
 def dtoc(a: Tensor, points: Tensor) -> Tensor:
-    """SPEC 2.7: soft-argmax of exp(-d^2) * softmax(A) over every pixel, one point at a time."""
+    """DtoC: soft-argmax of exp(-d^2) * softmax(A) over every pixel, one point at a time."""
     h, w = a.shape
     probs = F.softmax(a.reshape(-1), dim=0)
     gx, gy = torch.meshgrid(torch.arange(w), torch.arange(h), indexing="xy")

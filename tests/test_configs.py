@@ -1,4 +1,4 @@
-"""Every config file parses; the recipes carry the reference hyper-parameters (SPEC 2.9, 5) and their launch
+"""Every config file parses; the recipes carry the reference hyper-parameters (docs/reference.md#hyper-parameters) and their launch
 command; every DeepSpeed JSON is fully filled from a training config."""
 
 from __future__ import annotations

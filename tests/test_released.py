@@ -184,7 +184,7 @@ def test_config_translation_errors(edit, match):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_full_size_key_sets_match_the_model(family):
-    """The 7B original layout (SPEC 8.2, shapes only) maps onto a 7B ReadModel with nothing missing or extra."""
+    """The 7B original layout (shapes only) maps onto a 7B ReadModel with nothing missing or extra."""
     s = sizes_7b(family)
     original = original_state_dict(family, s, device="meta")
     mapped, sources, unmapped = map_released_state_dict(original)

@@ -151,7 +151,7 @@ def test_reference_geometry_crops_tiny_grids_to_neutral_centre_points():
 
 
 def test_golden_reference_run():
-    """SPEC 2.5/2.7 report the reference on torch.manual_seed(0); torch.randn(576) at (480, 640), down_sample 2:
+    """The reference, run on torch.manual_seed(0) with torch.randn(576) at (480, 640), down_sample 2:
     7 positive, 2 negative, 21 neutral, and the first point (260, 340) refined to (260.0061, 339.9920)."""
     torch.manual_seed(0)
     sim = torch.randn(1, 576)
@@ -418,7 +418,7 @@ def test_gradient_matches_the_oracle():
     ref_coords, _, _ = oracle_select_points(sim, sizes, **READ_7B)
     (ref_grad,) = torch.autograd.grad((ref_coords * w).sum(), sim)
     torch.testing.assert_close(grad, ref_grad, atol=1e-12, rtol=1e-9)
-    assert int((grad != 0).sum()) > 0.9 * grad.numel()  # the points cover the map (SPEC 2.7: 576/576)
+    assert int((grad != 0).sum()) > 0.9 * grad.numel()  # the points cover the map (the reference reaches 576/576)
     assert labels.dtype == torch.long and not labels.requires_grad
 
 

@@ -1,5 +1,5 @@
 """Memory levers and the analytic estimate: gradient checkpointing, bf16 autocast, training only the new token
-rows, parameter counts (formula == built model, and SPEC's stated counts), saved-activation bytes per layer, and
+rows, parameter counts (formula == built model, and the counts stated for the reference), saved-activation bytes per layer, and
 the scale benchmark's synthetic inputs."""
 
 from __future__ import annotations
@@ -263,7 +263,7 @@ def test_formulas_reproduce_the_spec_counts():
     assert seg_projector_params(cfg7.model) == 17_830_144
     assert seg_projector_params(cfg13.model) == 27_530_496
     assert sam_mask_decoder_params(cfg7.model.sam) == 4_058_340
-    # SPEC's 6,476 includes the (2, 128) positional-encoding buffer; the parameters alone are 6,220
+    # The reference's stated 6,476 includes the (2, 128) positional-encoding buffer; the parameters alone are 6,220
     assert sam_prompt_encoder_params(cfg7.model.sam) == 6_220
     assert sam_prompt_encoder_params(cfg7.model.sam) + sam_prompt_encoder_buffers(cfg7.model.sam) == 6_476
     assert lora_params(load_config(None, ["lora.r=8"])) == 4_194_304

@@ -91,7 +91,7 @@ def step_rows(run_dir: Path) -> dict[int, dict]:
 
 
 def reference_lr(step: int, lr: float, warmup: int, total: int) -> float:
-    """SPEC 5 / DeepSpeed WarmupDecayLR as used by the reference: the lr of optimizer step ``step`` (1-based).
+    """DeepSpeed WarmupDecayLR as used by the reference: the lr of optimizer step ``step`` (1-based).
     The scheduler starts at iteration -1 (lr = warmup_min_lr = 0) and is advanced after each step."""
     i = step - 2
     w = max(2, warmup)

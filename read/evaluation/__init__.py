@@ -1,4 +1,4 @@
-"""Evaluation behind ``eval.py`` and training validation (SPEC 6).
+"""Evaluation behind ``eval.py`` and training validation (docs/reference.md#metrics).
 
 One call of :func:`evaluate` scores one evaluation dataset (``read.data.eval_sets``) in one mode:
 
@@ -31,7 +31,7 @@ with an error naming its image. Rows longer than the language model's context ar
 
 Distributed: with an initialised ``torch.distributed`` process group (torchrun / deepspeed launch, gloo or nccl;
 with nccl the current CUDA device must be set) each process takes every ``world_size``-th pending image (no image
-twice, no padding [FIX SPEC 6.1]); the records are gathered on rank 0 with ``gather_object``, de-duplicated by key,
+twice, no padding, docs/reference.md#distributed-evaluation-without-duplicates); the records are gathered on rank 0 with ``gather_object``, de-duplicated by key,
 and the scores are broadcast so that every rank returns the same :class:`EvalResult`.
 
 Modules: ``config`` (:class:`EvalConfig`, :class:`EvalResult`), ``records`` (:class:`QueryRecord`, mask RLE),

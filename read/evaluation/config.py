@@ -19,7 +19,7 @@ class EvalConfig:
         mode: "teacher" (answer given, the reference protocol) or "generate" (greedy decoding).
         batch_size: images per step (their rows share one language-model pass).
         conv_type: conversation template: "llava_v1" (training, ReasonSeg/RefCOCO parity) or "vicuna_v1"
-            (FP-RefCOCO parity, SPEC 4.4).
+            (FP-RefCOCO parity, docs/reference.md#conversation-template).
         max_new_tokens: generation budget per row (the reference uses 512).
         kv_cache: generation decodes with a KV cache (default); False re-encodes the whole sequence at every step
             as the reference does (same records, many times slower; for speed comparisons).

@@ -1,4 +1,4 @@
-"""Losses of LISA/READ: the language-model cross-entropy, the mask losses (SPEC 3), and the optional query-word loss
+"""Losses of LISA/READ: the language-model cross-entropy, the mask losses (docs/reference.md#losses), and the optional query-word loss
 (not in READ; see :func:`query_word_loss`).
 
 Both mask helpers return ``sum over masks / (num_masks + 1e-8)``; the model divides by the total number of masks

@@ -3,7 +3,7 @@
 ``ReadModel`` composes finished modules (transformers' ``LlavaForConditionalGeneration``, pip ``Sam``, the
 head and an optional ``SasP`` prompter); :mod:`read.model.builder` assembles them from a config.
 
-Which hidden state is the mask prompt [PARITY, SPEC 1.3]: the last-layer (post-norm) hidden state at the
+Which hidden state is the mask prompt (docs/reference.md#mask-prompt): the last-layer (post-norm) hidden state at the
 position that *predicts* ``[SEG]``, i.e. position q with ``input_ids[q + 1] == seg_token_id``. Image-token
 states are found by id (``input_ids == image_token_id``), never by offset arithmetic.
 

@@ -1,4 +1,4 @@
-"""Loading the released READ, SESAME and LISA checkpoints in their original layout (SPEC 8).
+"""Loading the released READ, SESAME and LISA checkpoints in their original layout (docs/reference.md#released-checkpoints).
 
 A released checkpoint directory holds what transformers 4.31 ``save_pretrained`` wrote for the reference's
 ``READForCausalLM`` / ``SESAMEForCausalLM`` / ``LISAForCausalLM``: a LLaMA-style ``config.json`` with LLaVA and
@@ -10,7 +10,7 @@ files. CLIP is not in it: it comes from a separate local tower directory (an HF 
 strictly. Nothing in the directory is edited or executed: the JSON files are parsed, ``.bin`` files are read with
 ``torch.load(weights_only=True)``.
 
-Key mapping (original -> ReadModel, SPEC 8.4)::
+Key mapping (original -> ReadModel)::
 
     model.embed_tokens.*                        -> llava.model.language_model.embed_tokens.*   (+1 row)
     model.layers.N.*                            -> llava.model.language_model.layers.N.*

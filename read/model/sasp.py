@@ -1,4 +1,4 @@
-"""Similarity as Points (SasP): READ's point prompts for SAM from the ``[SEG]``-to-image similarity map (SPEC 2).
+"""Similarity as Points (SasP): READ's point prompts for SAM from the ``[SEG]``-to-image similarity map (docs/reference.md#sasp).
 
 The similarity between the hidden state that predicts ``[SEG]`` and the N image-token hidden states is a
 ``side x side`` map (``side = sqrt(N)``, 24 for CLIP ViT-L/14-336). Two maps are derived from it:
@@ -78,7 +78,7 @@ class PointPrompts:
 
 
 def similarity_map(image_hidden: Tensor, seg_hidden: Tensor) -> Tensor:
-    """Dot products between each image-token state and the ``[SEG]`` state, in float32 (SPEC 2.2).
+    """Dot products between each image-token state and the ``[SEG]`` state, in float32 (docs/reference.md#similarity-in-float32).
 
     The reference's CLIP-Surgery form reduces to this plain, unnormalised dot product for one text feature.
     Autocast is switched off, so the result is float32 even under a bf16 autocast (float64 inputs stay float64).
@@ -161,7 +161,7 @@ def pad_geometry(height: int, width: int, size: int, geometry: str = "reference"
 def full_resolution_map(
     sim: Tensor, image_size: tuple[int, int], clip_size: int = 336, geometry: str = "reference"
 ) -> Tensor:
-    """Map A over the whole image (SPEC 2.3): min-max normalised similarity, resized to the CLIP crop, padded with
+    """Map A over the whole image: min-max normalised similarity, resized to the CLIP crop, padded with
     0 where the crop cut the image, resized to the image. For visualisation; the point refinement evaluates the
     same map only around each point.
 
@@ -194,7 +194,7 @@ def select_points(
     cfg: SaspConfig | None = None,
     clip_size: int = 336,
 ) -> tuple[Tensor, Tensor]:
-    """Point prompts from similarity maps (SPEC 2.3-2.7), batched over B maps of mixed image sizes.
+    """Point prompts from similarity maps (docs/reference.md#sasp), batched over B maps of mixed image sizes.
 
     Every sample gets the same number of points, K = min(num_points, (side // down_sample)^2): every visible coarse
     cell is exactly one of positive, negative or neutral. Cells that the reference geometry crops away are never
@@ -203,12 +203,12 @@ def select_points(
 
     * Order: positives by descending value, negatives by ascending value, neutrals in raster order; ties keep
       raster order (stable sort).
-    * Integer points (SPEC 2.6): cell (r, c) of the padded coarse map (h', w') gives
+    * Integer points: cell (r, c) of the padded coarse map (h', w') gives
       ``x = int(min((c + 0.5) * W / w', W - 1))`` and y likewise, computed in float32 like the reference.
-    * DtoC (SPEC 2.7): ``p~ = sum_k w_k g_k / sum_k w_k`` with ``w_k = exp(A_k - |g_k - p|^2)`` over the pixels
+    * DtoC: ``p~ = sum_k w_k g_k / sum_k w_k`` with ``w_k = exp(A_k - |g_k - p|^2)`` over the pixels
       of the image within ``dtoc_radius`` of p on each axis. With radius >= 10 this is the full-image sum up to
       rounding, because float32 exp(-d^2) is exactly 0 beyond d^2 ~ 103.
-    * A flat map ([FIX] SPEC 2.10 #1) gives K neutral points at the image centre ``(W // 2, H // 2)`` (refined).
+    * A flat map (docs/reference.md#flat-similarity-maps) gives K neutral points at the image centre ``(W // 2, H // 2)`` (refined).
 
     Gradients flow from ``coords`` to ``sim`` through map A (bilinear resizes and min-max normalisation).
 
@@ -420,7 +420,7 @@ def _min_max(x: Tensor) -> tuple[Tensor, Tensor]:
 def _rank_cells(
     values: Tensor, flat: Tensor, visible: Tensor, k: int, t_pos: float, t_neg: float
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Pick K cells of the coarse map in SasP order (SPEC 2.5).
+    """Pick K cells of the coarse map in SasP order.
 
     Arguments:
         values: (B, M) normalised inner cells of map B, raster order.
@@ -447,7 +447,7 @@ def _rank_cells(
 
 
 def _cell_pixels(cell_index: Tensor, cells: int, geo: _Geometry) -> Tensor:
-    """Integer pixel (x, y) of coarse cell centres (SPEC 2.6), in float32 arithmetic like the reference.
+    """Integer pixel (x, y) of coarse cell centres, in float32 arithmetic like the reference.
 
     Arguments:
         cell_index: (B, K) raster indices into the ``cells x cells`` inner map.
@@ -518,7 +518,7 @@ def _axis_weights(pos: Tensor, out_size: Tensor, padded: Tensor, lead: Tensor, t
 
 
 def _refine(pixels: Tensor, norm: Tensor, geo: _Geometry, clip_size: int, radius: int) -> Tensor:
-    """DtoC (SPEC 2.7): soft-argmax of exp(A - d^2) over a (2r+1)^2 window of image pixels around each point.
+    """DtoC: soft-argmax of exp(A - d^2) over a (2r+1)^2 window of image pixels around each point.
 
     Arguments:
         pixels: (B, K, 2) long integer points (x, y), inside the image.

@@ -1,4 +1,4 @@
-"""What trains and what stays frozen (SPEC 1.5), decided in one place.
+"""What trains and what stays frozen (docs/reference.md#what-trains), decided in one place.
 
 * LoRA adapters on the language model's ``lora.target_modules`` (q_proj, v_proj by default), never inside the
   CLIP tower, the projector, SAM or the head (LoRA is injected into the language model only);
@@ -160,7 +160,7 @@ class NewTokenRows(nn.Module):
     """A frozen ``nn.Embedding`` or output ``nn.Linear`` whose rows for a few token ids are a separate, small
     trainable parameter.
 
-    [FIX, SPEC 1.5 / 11] The reference trains the whole ``embed_tokens`` and ``lm_head`` (2 x V x H parameters,
+    Not in READ (docs/reference.md#options-that-read-does-not-have-off-by-default). The reference trains the whole ``embed_tokens`` and ``lm_head`` (2 x V x H parameters,
     262M for 7B, each with fp32 AdamW state). Only the rows of the added tokens (``[SEG]``, ``<im_start>``,
     ``<im_end>``, ``<image>``) start untrained, so ``lora.train_embeddings="new_rows"`` trains just those:
     ``rows`` is (n_new, H) and the optimiser state is n_new x H. The base rows of the vocabulary stay as in the
