@@ -7,8 +7,8 @@
 For every answer it saves the mask overlay, the similarity heat map with the SasP points, and a side-by-side PNG into
 a new folder of this run under ``--out_dir`` (``<out_dir>/<date>-<time>/``, so an earlier run's pictures are never
 overwritten or mixed in), and prints where. A question too long for the model's context is refused. Press Enter at
-the image prompt to keep asking about the previous image (its encodings are cached); Ctrl-D or Ctrl-C exits. Image paths may be quoted or start
-with ``~``.
+the image prompt to keep asking about the previous image (its encodings are cached); Ctrl-D or Ctrl-C exits.
+Image paths may be quoted or start with ``~``.
 
 A user error (a missing or broken model, a bad setting, an unreadable image in one-shot mode) ends with one line
 ``error: ...`` and exit status 1; ``--debug`` shows its traceback. In the interactive loop such an error is printed

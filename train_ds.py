@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Train READ with DeepSpeed (docs/reference.md#training-recipe): LoRA + full embeddings + SAM mask decoder + [SEG] head, ZeRO-2.
+"""Train READ with DeepSpeed (docs/reference.md#training-recipe): LoRA + full embeddings + SAM mask decoder + [SEG]
+head, ZeRO-2.
 
     python train_ds.py --config configs/synthetic_tiny.yaml                       # one process (CPU: fp32)
     torchrun --nproc_per_node 2 train_ds.py --config configs/synthetic_tiny.yaml # several processes / GPUs

@@ -159,7 +159,8 @@ class LossConfig:
     bce_weight: float = 2.0
     dice_weight: float = 0.5
     # Not in READ/LISA (0 = the paper's loss): each projected [SEG] prompt predicts its query's words through a linear
-    # head (ReadModel.query_head; read.model.losses.query_word_loss). For models trained from random weights (quickstart).
+    # head (ReadModel.query_head; read.model.losses.query_word_loss). For models trained from random weights
+    # (quickstart).
     query_weight: float = 0.0
 
 
@@ -216,8 +217,8 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation, checkpointing and logging (docs/reference.md#training-recipe). DeepSpeed settings that are not hyper-parameters live in
-    ``deepspeed_config``; its "auto" values are filled from here (read/training/engine.py)."""
+    """Optimisation, checkpointing and logging (docs/reference.md#training-recipe). DeepSpeed settings that are not
+    hyper-parameters live in ``deepspeed_config``; its "auto" values are filled from here (read/training/engine.py)."""
 
     output_dir: str = "runs/read"  # run directory: checkpoints/, tensorboard/, metrics.jsonl, config.json
     seed: int = 42

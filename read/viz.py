@@ -31,7 +31,8 @@ def similarity_heatmap(
     alpha: float = 0.7,
     geometry: str = "reference",
 ) -> np.ndarray:
-    """The similarity map (SasP's map A, docs/reference.md#sasp) as a JET heat map over the image, with the point prompts.
+    """The similarity map (SasP's map A, docs/reference.md#sasp) as a JET heat map over the image, with the point
+    prompts.
 
     Arguments:
         image: (H, W, 3) uint8 RGB original image.

@@ -453,7 +453,8 @@ def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         flash = torch.backends.cuda.flash_sdp_enabled() and props.major >= 8
-        return f"{props.name} ({props.total_memory / 2**30:.0f} GiB, sm_{props.major}{props.minor}, flash SDPA {'yes' if flash else 'no'})"
+        sdpa = "yes" if flash else "no"
+        return f"{props.name} ({props.total_memory / 2**30:.0f} GiB, sm_{props.major}{props.minor}, flash SDPA {sdpa})"
     return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 

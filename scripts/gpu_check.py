@@ -310,7 +310,7 @@ def part_inference(args: argparse.Namespace, device: torch.device, rec: Recorder
         for i, batch in enumerate(batches):
             out: list[Any] = []
             t = timed(lambda: out.append(model.generate(batch, max_new_tokens=tokens, eos_token_id=None,
-                                                        pad_token_id=ids.pad, use_cache=use_cache)), device)  # fmt: skip
+                                                        pad_token_id=ids.pad, use_cache=use_cache)), device)
             new_tokens = out[0][0]
             if new_tokens.shape != (batch_size, tokens):
                 raise RuntimeError(f"{label}: expected {batch_size} x {tokens} new tokens, got {tuple(new_tokens.shape)}")
@@ -421,7 +421,7 @@ def environment(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         env.update(card=props.name, memory_gib=round(props.total_memory / GiB, 1),
-                   capability=f"sm_{props.major}{props.minor}", multiprocessors=props.multi_processor_count)  # fmt: skip
+                   capability=f"sm_{props.major}{props.minor}", multiprocessors=props.multi_processor_count)
         try:
             env["driver"] = subprocess.run(
                 ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],

@@ -4,8 +4,8 @@
         --run read runs/quickstart/read runs/quickstart/read/eval \\
         [--run lisa runs/quickstart/lisa runs/quickstart/lisa/eval] [--timing runs/quickstart/timing.json]
 
-Each ``--run NAME TRAIN_DIR EVAL_DIR`` names a training output directory (``train.output_dir``) and an ``eval.py`` output directory (``results.json``, ``teacher/predictions.jsonl`` and the pictures
-of ``--vis``). Writes:
+Each ``--run NAME TRAIN_DIR EVAL_DIR`` names a training output directory (``train.output_dir``) and an ``eval.py``
+output directory (``results.json``, ``teacher/predictions.jsonl`` and the pictures of ``--vis``). Writes:
 
 * ``<out>/metrics.json``: gIoU / cIoU overall, short and long per run, the number of images, the training steps,
   the optional timings, and with ``--dataset_dir`` (a synthetic dataset) the scores of query-blind guesses;

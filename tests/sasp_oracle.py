@@ -1,5 +1,5 @@
-"""Slow, literal SasP written step by step from docs/reference.md#sasp: one sample at a time, one point at a time, and the
-soft-argmax over the whole full-resolution map for every point, as the reference does.
+"""Slow, literal SasP written step by step from docs/reference.md#sasp: one sample at a time, one point at a time,
+and the soft-argmax over the whole full-resolution map for every point, as the reference does.
 
 In the "reference" geometry the crop is undone with the reference's arithmetic, literally: ``new = int(side *
 (size / min(H, W)))``, ``pad = (new - size) // 2`` on both sides, ``F.pad`` (a negative pad crops). In the "clip"

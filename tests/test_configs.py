@@ -1,5 +1,5 @@
-"""Every config file parses; the recipes carry the reference hyper-parameters (docs/reference.md#hyper-parameters) and their launch
-command; every DeepSpeed JSON is fully filled from a training config."""
+"""Every config file parses; the recipes carry the reference hyper-parameters (docs/reference.md#hyper-parameters)
+and their launch command; every DeepSpeed JSON is fully filled from a training config."""
 
 from __future__ import annotations
 

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from fixtures import (
-    rect_mask,
     write_fprefcoco,
     write_grefcoco,
     write_refclef,

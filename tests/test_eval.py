@@ -2,8 +2,8 @@
 
 What is checked: per-query counts and scores against a literal batch-1 loop with the reference metric; batch > 1
 (right and left padding) gives exactly the records and masks of batch 1; shards are disjoint and cover the split,
-and gathered records merge (duplicates dropped) to the single-process result; an interrupted run resumes without evaluating an image
-twice; generation mode's existence / empty-mask rules; the CLI's outputs and errors.
+and gathered records merge (duplicates dropped) to the single-process result; an interrupted run resumes without
+evaluating an image twice; generation mode's existence / empty-mask rules; the CLI's outputs and errors.
 """
 
 from __future__ import annotations

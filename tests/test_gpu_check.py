@@ -3,7 +3,6 @@ summary (ok, error, timeout, skipped) and never the end of the check."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time

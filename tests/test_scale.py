@@ -1,6 +1,6 @@
 """Memory levers and the analytic estimate: gradient checkpointing, bf16 autocast, training only the new token
-rows, parameter counts (formula == built model, and the counts stated for the reference), saved-activation bytes per layer, and
-the scale benchmark's synthetic inputs."""
+rows, parameter counts (formula == built model, and the counts stated for the reference), saved-activation bytes
+per layer, and the scale benchmark's synthetic inputs."""
 
 from __future__ import annotations
 

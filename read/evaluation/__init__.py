@@ -31,8 +31,9 @@ with an error naming its image. Rows longer than the language model's context ar
 
 Distributed: with an initialised ``torch.distributed`` process group (torchrun / deepspeed launch, gloo or nccl;
 with nccl the current CUDA device must be set) each process takes every ``world_size``-th pending image (no image
-twice, no padding, docs/reference.md#distributed-evaluation-without-duplicates); the records are gathered on rank 0 with ``gather_object``, de-duplicated by key,
-and the scores are broadcast so that every rank returns the same :class:`EvalResult`.
+twice, no padding: docs/reference.md#distributed-evaluation-without-duplicates); the records are gathered on rank 0
+with ``gather_object``, de-duplicated by key, and the scores are broadcast so that every rank returns the same
+:class:`EvalResult`.
 
 Modules: ``config`` (:class:`EvalConfig`, :class:`EvalResult`), ``records`` (:class:`QueryRecord`, mask RLE),
 ``loop`` (:func:`evaluate`, the teacher-forced and generation scoring), ``output_dir`` (record files, fingerprint,

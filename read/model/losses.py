@@ -1,5 +1,5 @@
-"""Losses of LISA/READ: the language-model cross-entropy, the mask losses (docs/reference.md#losses), and the optional query-word loss
-(not in READ; see :func:`query_word_loss`).
+"""Losses of LISA/READ (docs/reference.md#losses): the language-model cross-entropy and the mask losses, and the
+optional query-word loss (not in READ; see :func:`query_word_loss`); :func:`read_losses` combines them.
 
 Both mask helpers return ``sum over masks / (num_masks + 1e-8)``; the model divides by the total number of masks
 in the micro-batch, so the result is the mean over masks. Images without masks add nothing.
@@ -127,7 +127,8 @@ def causal_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
     """Token-averaged next-token cross-entropy over the positions whose label is not IGNORE_INDEX.
 
     Arguments:
-        logits: (R, L, V), columns that are no class already -inf (:func:`read.model.read_model.text_only_logits`); labels: (R, L).
+        logits: (R, L, V), columns that are no class already -inf (``read.model.read_model.text_only_logits``);
+            labels: (R, L).
     """
     shift_logits = logits[:, :-1].float()
     shift_labels = labels[:, 1:]

@@ -515,7 +515,6 @@ class ReadModel(nn.Module):
                 None runs a teacher-forced pass over prompt + answer (right-padded) instead.
         """
         rows, prompt_len = batch.input_ids.shape
-        answer_len = new_tokens.shape[1]
         if eos is not None:
             is_eos = new_tokens == eos
             after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0  # strictly after the first EOS

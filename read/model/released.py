@@ -1,4 +1,5 @@
-"""Loading the released READ, SESAME and LISA checkpoints in their original layout (docs/reference.md#released-checkpoints).
+"""Loading the released READ, SESAME and LISA checkpoints in their original layout
+(docs/reference.md#released-checkpoints).
 
 A released checkpoint directory holds what transformers 4.31 ``save_pretrained`` wrote for the reference's
 ``READForCausalLM`` / ``SESAMEForCausalLM`` / ``LISAForCausalLM``: a LLaMA-style ``config.json`` with LLaVA and
@@ -35,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import re
 from collections import defaultdict

@@ -1,4 +1,5 @@
-"""Similarity as Points (SasP): READ's point prompts for SAM from the ``[SEG]``-to-image similarity map (docs/reference.md#sasp).
+"""Similarity as Points (SasP): READ's point prompts for SAM from the ``[SEG]``-to-image similarity map
+(docs/reference.md#sasp).
 
 The similarity between the hidden state that predicts ``[SEG]`` and the N image-token hidden states is a
 ``side x side`` map (``side = sqrt(N)``, 24 for CLIP ViT-L/14-336). Two maps are derived from it:
@@ -21,8 +22,8 @@ How the crop is undone is the ``geometry`` setting (:func:`pad_geometry`):
   of side ``size`` is padded by ``(int(side * (size / min(H, W))) - size) // 2`` on *both* sides of each axis. An
   odd crop excess therefore loses one row or column, and where the truncation makes the excess -1 (short sides 333
   at 336; 376 and 383 at 12 or 24) the padding is -1 and crops one row/column on each side;
-* ``"clip"`` is the CLIP processor's exact crop (:func:`read.data.transforms.clip_crop_geometry`): the excess is split with the odd row or
-  column at the bottom/right and is never negative. On the 12x12 map of READ-7B the two place the cells
+* ``"clip"`` is the CLIP processor's exact crop (:func:`read.data.transforms.clip_crop_geometry`): the excess is
+  split with the odd row or column at the bottom/right and is never negative. On the 12x12 map of READ-7B the two place the cells
   differently on every image whose crop excess is odd: with the same labels, the points move by 32 px at 640x427
   (or 427x640) and by 71 px at 1080x1920; where the reference's padding is -1 (e.g. 376x500) even the chosen
   cells differ.
@@ -78,7 +79,8 @@ class PointPrompts:
 
 
 def similarity_map(image_hidden: Tensor, seg_hidden: Tensor) -> Tensor:
-    """Dot products between each image-token state and the ``[SEG]`` state, in float32 (docs/reference.md#similarity-in-float32).
+    """Dot products between each image-token state and the ``[SEG]`` state, in float32
+    (docs/reference.md#similarity-in-float32).
 
     The reference's CLIP-Surgery form reduces to this plain, unnormalised dot product for one text feature.
     Autocast is switched off, so the result is float32 even under a bf16 autocast (float64 inputs stay float64).
@@ -208,7 +210,8 @@ def select_points(
     * DtoC: ``p~ = sum_k w_k g_k / sum_k w_k`` with ``w_k = exp(A_k - |g_k - p|^2)`` over the pixels
       of the image within ``dtoc_radius`` of p on each axis. With radius >= 10 this is the full-image sum up to
       rounding, because float32 exp(-d^2) is exactly 0 beyond d^2 ~ 103.
-    * A flat map (docs/reference.md#flat-similarity-maps) gives K neutral points at the image centre ``(W // 2, H // 2)`` (refined).
+    * A flat map (docs/reference.md#flat-similarity-maps) gives K neutral points at the image centre
+      ``(W // 2, H // 2)`` (refined).
 
     Gradients flow from ``coords`` to ``sim`` through map A (bilinear resizes and min-max normalisation).
 

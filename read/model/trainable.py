@@ -160,8 +160,8 @@ class NewTokenRows(nn.Module):
     """A frozen ``nn.Embedding`` or output ``nn.Linear`` whose rows for a few token ids are a separate, small
     trainable parameter.
 
-    Not in READ (docs/reference.md#options-that-read-does-not-have-off-by-default). The reference trains the whole ``embed_tokens`` and ``lm_head`` (2 x V x H parameters,
-    262M for 7B, each with fp32 AdamW state). Only the rows of the added tokens (``[SEG]``, ``<im_start>``,
+    Not in READ (docs/reference.md#options-that-read-does-not-have-off-by-default). The reference trains the whole
+    ``embed_tokens`` and ``lm_head`` (2 x V x H parameters, 262M for 7B, each with fp32 AdamW state). Only the rows of the added tokens (``[SEG]``, ``<im_start>``,
     ``<im_end>``, ``<image>``) start untrained, so ``lora.train_embeddings="new_rows"`` trains just those:
     ``rows`` is (n_new, H) and the optimiser state is n_new x H. The base rows of the vocabulary stay as in the
     base model, unlike the reference. Both directions avoid any V x H temporary: the embedding overwrites the

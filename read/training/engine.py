@@ -4,8 +4,8 @@ The DeepSpeed settings live in a JSON file (``train.deepspeed_config``, ``config
 default). Its ``"auto"`` values are filled from :class:`read.config.TrainConfig`, so every hyper-parameter has one
 source of truth; a literal value in the JSON that disagrees with the config is an error, not a silent override.
 
-Reference settings (docs/reference.md#training-recipe): AdamW (betas 0.9/0.95, weight decay 0), ``WarmupDecayLR`` (linear warm-up from 0 over
-``warmup_steps`` optimizer steps, then linear decay to 0 at ``epochs * steps_per_epoch``), gradient clipping 1.0,
+Reference settings (docs/reference.md#training-recipe): AdamW (betas 0.9/0.95, weight decay 0), ``WarmupDecayLR``
+(linear warm-up from 0 over ``warmup_steps`` optimizer steps, then linear decay to 0 at ``epochs * steps_per_epoch``), gradient clipping 1.0,
 ZeRO stage 2. DeepSpeed's scheduler uses ``max(2, warmup_steps)`` warm-up steps and gives lr 0 to the first two
 optimizer steps, exactly as in the reference.
 

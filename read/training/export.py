@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from read.config import ReadConfig, fill_saved_defaults
-from read.errors import ConfigError, FileFormatError, MissingFileError
+from read.errors import ConfigError, MissingFileError
 from read.model import ReadModel, build_read_model, save_pretrained
 from read.model.builder import cast_model
 from read.model.trainable import merge_lora, prepare_for_training
