@@ -44,6 +44,7 @@ import torch.distributed as dist
 
 from read.cli import add_debug_flag, check_output_dir, run_main
 from read.config import ReadConfig, parse_overrides
+from read.distributed import setup_distributed
 from read.model.dtypes import PRECISIONS
 from read.data.refer import FALSE_PREMISE_DATASETS, REFER_DATASETS, REFER_PROTOCOLS
 from read.errors import ConfigError, MissingFileError
@@ -164,25 +165,6 @@ def sasp_overrides(items: list[str]) -> dict[str, Any]:
 # setup
 
 
-def init_distributed(device_arg: str | None) -> tuple[int, int, torch.device]:
-    """Join the process group of a torchrun / deepspeed launch (gloo on CPU, nccl on CUDA) and pick the device."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device_arg is not None:
-        device = torch.device(device_arg)
-    elif torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
-    if world_size > 1 and not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(hours=2))
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    return rank, world_size, device
-
-
 def load_model(args: argparse.Namespace, device: torch.device) -> tuple[Any, Any]:
     """(model, tokenizer) from a save_pretrained directory or, with ``--released``, an original checkpoint
     (:func:`read.model.load_model`)."""
@@ -257,7 +239,10 @@ def template_settings(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, EvalResult]:
     args = resolve_defaults(parse_args(argv))
     check_output_dir(args.output_dir, "--output_dir")
-    rank, world_size, device = init_distributed(args.device)
+    # join the group of a torchrun / deepspeed launch (gloo on CPU, nccl on CUDA); a plain run has none
+    world = setup_distributed(args.local_rank, device=args.device, single_process_group=False,
+                              timeout=datetime.timedelta(hours=2))  # fmt: skip
+    rank, world_size, device = world.rank, world.world_size, world.device
     logging.basicConfig(
         level=logging.INFO if rank == 0 else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

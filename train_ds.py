@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader
 
 from read.cli import add_debug_flag, run_main
 from read.config import ReadConfig, load_config
+from read.distributed import DistInfo, setup_distributed
 from read.data.collate import ReadCollator
 from read.data.eval_sets import build_eval_dataset
 from read.data.mixture import MixtureDataset, build_train_dataset, samples_per_epoch
@@ -56,13 +57,11 @@ from read.training.checkpoint import (
     resolve_checkpoint,
 )
 from read.training.engine import (
-    DistInfo,
     build_deepspeed_config,
     build_model,
     create_engine,
     load_tokenizer,
     resolve_precision,
-    setup_distributed,
     tokenizer_dir,
 )
 from read.training.logging import ProgressLogger

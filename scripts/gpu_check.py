@@ -209,7 +209,8 @@ def part_sasp(args: argparse.Namespace, device: torch.device, rec: Recorder) -> 
 
 def part_train(args: argparse.Namespace, device: torch.device, rec: Recorder) -> None:
     from read.tools.memory import StepShape, estimate_memory
-    from read.training.engine import build_deepspeed_config, create_engine, setup_distributed
+    from read.distributed import setup_distributed
+    from read.training.engine import build_deepspeed_config, create_engine
     from read.training.loop import train_step
 
     cfg, precision = check_config(args, device)

@@ -29,7 +29,8 @@ from read.errors import UnsafeFileError
 from read.model import from_pretrained
 from read.model.trainable import prepare_for_training
 from read.training.checkpoint import CheckpointManager
-from read.training.engine import DistInfo, create_engine, setup_distributed
+from read.distributed import DistInfo, setup_distributed
+from read.training.engine import create_engine
 from read.training.export import consolidated_state_dict, export_checkpoint
 from read.training.safe_checkpoint import load_file
 from read.model.sasp import NonFiniteActivation

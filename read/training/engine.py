@@ -1,13 +1,13 @@
-"""Process group, model and DeepSpeed engine set-up for training.
+"""Model and DeepSpeed engine set-up for training (the process group: :mod:`read.distributed`).
 
 The DeepSpeed settings live in a JSON file (``train.deepspeed_config``, ``configs/deepspeed/zero2.json`` by
 default). Its ``"auto"`` values are filled from :class:`read.config.TrainConfig`, so every hyper-parameter has one
 source of truth; a literal value in the JSON that disagrees with the config is an error, not a silent override.
 
 Reference settings (docs/reference.md#training-recipe): AdamW (betas 0.9/0.95, weight decay 0), ``WarmupDecayLR``
-(linear warm-up from 0 over ``warmup_steps`` optimizer steps, then linear decay to 0 at ``epochs * steps_per_epoch``), gradient clipping 1.0,
-ZeRO stage 2. DeepSpeed's scheduler uses ``max(2, warmup_steps)`` warm-up steps and gives lr 0 to the first two
-optimizer steps, exactly as in the reference.
+(linear warm-up from 0 over ``warmup_steps`` optimizer steps, then linear decay to 0 at ``epochs * steps_per_epoch``),
+gradient clipping 1.0, ZeRO stage 2. DeepSpeed's scheduler uses ``max(2, warmup_steps)`` warm-up steps and gives lr 0
+to the first two optimizer steps, exactly as in the reference.
 
 The shipped JSON sets ``"torch_adam": true``: DeepSpeed then builds ``torch.optim.AdamW`` (same update rule) instead
 of its ``FusedAdam`` op, which is JIT-compiled on first use (C++ on CPU, CUDA with nvcc on GPU).
@@ -19,15 +19,13 @@ import copy
 import dataclasses
 import json
 import logging
-import os
-import socket
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from read.config import ReadConfig, TrainConfig, validate
+from read.distributed import DistInfo
 from read.errors import ConfigError, FileFormatError, MissingFileError
 from read.model import ReadModel, build_from_base, build_read_model, load_model
 from read.model.builder import cast_model
@@ -41,20 +39,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 PRECISION_DTYPES = {precision: DTYPES[name] for precision, name in PRECISIONS.items()}
 
 
-@dataclass(frozen=True)
-class DistInfo:
-    """Where this process sits in the job."""
-
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``"auto"`` -> ``"bf16"`` on CUDA, ``"fp32"`` elsewhere; other values are checked against the device."""
     if precision == "auto":
@@ -64,38 +48,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "fp16" and device.type == "cpu":
         raise ConfigError("train.precision=fp16 needs a GPU; use fp32 or bf16 on the CPU")
     return precision
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def setup_distributed(local_rank: int | None = None) -> DistInfo:
-    """Join (or create) the process group and pick this process's device.
-
-    Works under ``deepspeed`` (``--local_rank`` or ``LOCAL_RANK``), ``torchrun`` (``RANK``/``WORLD_SIZE``/
-    ``LOCAL_RANK``), MPI launchers (DeepSpeed's discovery) and as a plain single process (a world of one on a free
-    local port). The backend is NCCL on CUDA and gloo on the CPU.
-    """
-    import deepspeed
-
-    mpi = any(k in os.environ for k in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE"))  # DeepSpeed discovers MPI ranks
-    if "RANK" not in os.environ and not mpi:  # plain `python train_ds.py`: a one-process world
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK=str(local_rank or 0))
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    cuda = torch.cuda.is_available()
-    if "LOCAL_RANK" in os.environ and cuda:
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False)
-    local = int(os.environ.get("LOCAL_RANK", local_rank if local_rank is not None else 0))
-    device = torch.device("cuda", local) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    return DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(), local, device)
 
 
 # ----------------------------------------------------------------------------------------------------------
