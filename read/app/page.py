@@ -52,18 +52,21 @@ _THEME_FONT = ("ui-sans-serif", "system-ui", "sans-serif")
 _THEME_MONO = ("ui-monospace", "monospace")
 
 
-class UploadedImage(gr.Image):
-    """``gr.Image`` that hands the handler the uploaded file's path without decoding it, so that an unreadable
-    upload reaches :meth:`DemoService.ask` and is reported in the page (``gr.Image`` itself would fail before the
-    handler runs)."""
+def uploaded_image(**kwargs: Any) -> gr.Image:
+    """A ``gr.Image`` input that hands the handler the uploaded file's path without decoding it, so that an
+    unreadable upload reaches :meth:`DemoService.ask` and is reported in the page (``gr.Image`` itself would fail
+    before the handler runs). The instance's ``preprocess`` is replaced rather than subclassed: Gradio writes a
+    ``.pyi`` file next to the module of every component subclass."""
+    image = gr.Image(type="filepath", **kwargs)
+    decode = image.preprocess
 
-    def get_block_name(self) -> str:
-        return "image"
-
-    def preprocess(self, payload: Any) -> str | None:
+    def preprocess(payload: Any) -> str | None:
         if payload is not None and getattr(payload, "path", None):
             return str(payload.path)
-        return super().preprocess(payload)
+        return decode(payload)
+
+    image.preprocess = preprocess  # type: ignore[method-assign]
+    return image
 
 
 def build_page(
@@ -87,9 +90,8 @@ def build_page(
         )
         with gr.Row():
             with gr.Column():
-                image = UploadedImage(
-                    type="filepath", sources=["upload", "clipboard"], label="Image", height=320,
-                    elem_id=IDS["image"],
+                image = uploaded_image(
+                    sources=["upload", "clipboard"], label="Image", height=320, elem_id=IDS["image"]
                 )
                 question = gr.Textbox(
                     lines=2, label="Question", placeholder="Which object ...?", elem_id=IDS["question"]
