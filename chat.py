@@ -21,9 +21,9 @@ import torch
 
 from read.data.transforms import ImageLoadError
 from read.inference import Prediction, ReadPredictor
+from read.model.dtypes import PRECISIONS
 
 logger = logging.getLogger("chat")
-_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image", default=None, help="image path: with --query, answer once and exit")
     p.add_argument("--query", default=None, help="question about --image")
     p.add_argument("--out_dir", default="chat_outputs", help="where the PNGs are written")
-    p.add_argument("--precision", choices=sorted(_DTYPES), default=None, help="default: bf16 on GPU, fp32 on CPU")
+    p.add_argument("--precision", choices=sorted(PRECISIONS), default=None, help="default: bf16 on GPU, fp32 on CPU")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--load_in_8bit", action="store_true", help="8-bit LM weights via bitsandbytes (GPU)")
     p.add_argument("--load_in_4bit", action="store_true", help="4-bit LM weights via bitsandbytes (GPU)")
@@ -50,29 +50,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def load(args: argparse.Namespace):
-    """Model and tokenizer on the requested device and precision."""
+    """Model and tokenizer on the requested device and precision (:func:`read.model.load_model`; with
+    ``--released``, SasP stays off for SESAME and LISA checkpoints unless ``--sasp enabled=true``)."""
     from read.config import parse_overrides
-    from read.tokenizer import ReadTokenizer
+    from read.model import load_model
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
     sasp = parse_overrides(args.sasp) if args.sasp else {}
-    model_dir = Path(args.model)
-    if not model_dir.is_dir():
-        raise FileNotFoundError(f"--model {model_dir} is not a directory")
-    if args.released:
-        from read.config import SaspConfig
-        from read.model.released import load_released
-
-        sasp_cfg = SaspConfig(**sasp) if sasp else None
-        model, tokenizer, _ = load_released(
-            model_dir, args.vision_tower, dtype=getattr(torch, _DTYPES[precision]), sasp=sasp_cfg
-        )
-    else:
-        from read.model import from_pretrained
-
-        model = from_pretrained(model_dir, dtype=_DTYPES[precision], overrides={"sasp": sasp} if sasp else None)
-        tokenizer = ReadTokenizer.from_pretrained(model_dir)
+    if not Path(args.model).is_dir():
+        raise FileNotFoundError(f"--model {args.model} is not a directory")
+    model, tokenizer = load_model(
+        args.model,
+        released=args.released,
+        vision_tower=args.vision_tower,
+        dtype=PRECISIONS[precision],
+        sasp_overrides=sasp,
+    )
     if args.load_in_8bit or args.load_in_4bit:
         from read.model.quantize import quantize_language_model
 
@@ -81,7 +75,9 @@ def load(args: argparse.Namespace):
     return model, tokenizer
 
 
-def save_outputs(pred: Prediction, image: np.ndarray, out_dir: Path, stem: str, clip_size: int) -> list[Path]:
+def save_outputs(
+    pred: Prediction, image: np.ndarray, out_dir: Path, stem: str, clip_size: int, geometry: str = "reference"
+) -> list[Path]:
     """Mask overlay, similarity heat map with points, and both side by side, for the first mask."""
     from read.viz import mask_overlay, save_png, similarity_heatmap
 
@@ -91,7 +87,9 @@ def save_outputs(pred: Prediction, image: np.ndarray, out_dir: Path, stem: str, 
     panels = [image, overlay]
     paths = [save_png(overlay, out_dir / f"{stem}_mask.png")]
     if pred.similarity.shape[0] and pred.similarity.shape[1]:
-        heat = similarity_heatmap(image, pred.similarity[0], clip_size, pred.point_coords[0], pred.point_labels[0])
+        heat = similarity_heatmap(
+            image, pred.similarity[0], clip_size, pred.point_coords[0], pred.point_labels[0], geometry=geometry
+        )
         panels.append(heat)
         paths.append(save_png(heat, out_dir / f"{stem}_similarity.png"))
     paths.append(save_png(np.concatenate(panels, axis=1), out_dir / f"{stem}_side_by_side.png"))
@@ -104,7 +102,8 @@ def answer(predictor: ReadPredictor, query: str, out_dir: Path, turn: int) -> No
     n = pred.masks.shape[0]
     print(f"      {n} mask(s); target {'found' if pred.found else 'not found'}")
     stem = f"{Path(predictor.image_path).stem or 'image'}_{turn:03d}"
-    for path in save_outputs(pred, predictor.image, out_dir, stem, predictor.model.config.model.vision.image_size):
+    cfg = predictor.model.config
+    for path in save_outputs(pred, predictor.image, out_dir, stem, cfg.model.vision.image_size, cfg.sasp.geometry):
         print(f"      saved {path}")
 
 

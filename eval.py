@@ -38,6 +38,7 @@ import torch
 import torch.distributed as dist
 
 from read.config import ReadConfig, parse_overrides
+from read.model.dtypes import PRECISIONS
 from read.data.sample import DataError
 from read.data.refer import FALSE_PREMISE_DATASETS, REFER_DATASETS
 from read.evaluation import EvalConfig, EvalResult, ResumeMismatchError, evaluate, format_table
@@ -47,7 +48,6 @@ logger = logging.getLogger("eval")
 DATASETS = ("ReasonSeg",) + tuple(REFER_DATASETS)
 # Evaluated by the reference's test_read.py / eval_sesame.py: generation, module-default vicuna_v1 template.
 GENERATION_DATASETS = tuple(FALSE_PREMISE_DATASETS) + ("R-refcoco", "R-refcoco+", "R-refcocog")
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 RESULTS_FILE = "results.json"
 
 
@@ -89,7 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--precision",
-        choices=tuple(DTYPES),
+        choices=tuple(PRECISIONS),
         default=None,
         help="default: the saved dtype; with --released bf16 on a GPU (the reference's setting), else fp32",
     )
@@ -162,32 +162,22 @@ def init_distributed(device_arg: str | None) -> tuple[int, int, torch.device]:
 
 
 def load_model(args: argparse.Namespace, device: torch.device) -> tuple[Any, Any]:
-    """(model, tokenizer) from a save_pretrained directory or, with ``--released``, an original checkpoint."""
-    from read.tokenizer import ReadTokenizer
+    """(model, tokenizer) from a save_pretrained directory or, with ``--released``, an original checkpoint
+    (:func:`read.model.load_model`)."""
+    from read.model import load_model as load
 
-    model_dir = Path(args.model)
-    if not model_dir.is_dir():
-        raise FileNotFoundError(f"--model: directory not found: {model_dir}")
-    overrides = sasp_overrides(args.sasp)
-    dtype = DTYPES[args.precision] if args.precision else None
-    if args.released:
-        from read.model.released import CONFIG_FILE, checkpoint_family, load_released, read_json
-
-        family = checkpoint_family(read_json(model_dir / CONFIG_FILE), str(model_dir / CONFIG_FILE))
-        base = dataclasses.asdict(ReadConfig().sasp) | {"enabled": family == "read"}
-        sasp = ReadConfig.from_dict({"sasp": base | overrides}).sasp
-        torch_dtype = getattr(torch, dtype or ("bfloat16" if device.type == "cuda" else "float32"))
-        model, tokenizer, _ = load_released(model_dir, args.vision_tower, dtype=torch_dtype, sasp=sasp)
-    else:
-        from read.model import from_pretrained
-        from read.model.builder import CONFIG_NAME
-
-        if not (model_dir / CONFIG_NAME).is_file():
-            raise FileNotFoundError(
-                f"--model: {model_dir} has no {CONFIG_NAME}; for an original READ/SESAME/LISA checkpoint add --released"
-            )
-        model = from_pretrained(model_dir, dtype=dtype, overrides={"sasp": overrides} if overrides else None)
-        tokenizer = ReadTokenizer.from_pretrained(model_dir)
+    if not Path(args.model).is_dir():
+        raise FileNotFoundError(f"--model: directory not found: {args.model}")
+    dtype = PRECISIONS[args.precision] if args.precision else None
+    if dtype is None and args.released:
+        dtype = "bfloat16" if device.type == "cuda" else "float32"
+    model, tokenizer = load(
+        args.model,
+        released=args.released,
+        vision_tower=args.vision_tower,
+        dtype=dtype,
+        sasp_overrides=sasp_overrides(args.sasp),
+    )
     return model.to(device).eval(), tokenizer
 
 

@@ -67,6 +67,12 @@ class SamConfig:
     decoder_depth: int = 2
     decoder_mlp_dim: int = 2048
     decoder_num_heads: int = 8
+    # Sizes every SAM release shares; checkpoints of other shapes (read.model.released infers them) set them.
+    encoder_mlp_ratio: float = 4.0
+    mask_in_chans: int = 16  # channels of the prompt encoder's mask down-scaling
+    num_multimask_outputs: int = 3
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 256
 
     @property
     def embedding_size(self) -> int:
@@ -116,6 +122,11 @@ class SaspConfig:
     t_neg: float = 0.2
     down_sample: int = 2
     dtoc_radius: int = 10  # soft-argmax window half-size in pixels (weights vanish beyond ~9.4 px)
+    # How the CLIP centre crop is undone when the maps are laid over the image (read.sasp.pad_geometry):
+    # "reference" = READ's arithmetic, which the released checkpoints were trained with; "clip" = the CLIP
+    # processor's exact crop (moves the coarse cells on images whose crop excess is odd). A saved model whose
+    # read_config.json predates this key was trained with "clip" and loads with it.
+    geometry: Literal["reference", "clip"] = "reference"
 
 
 @dataclass
@@ -228,6 +239,17 @@ class ReadConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
 
+def fill_saved_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """A config dict read back from a saved model or checkpoint, completed for keys added after it was written
+    with the value that reproduces how that model was trained (not today's default): ``sasp.geometry`` "clip",
+    the only crop geometry before the key existed. Returns a new dict."""
+    out = dict(data)
+    sasp = out.get("sasp")
+    if isinstance(sasp, dict) and "geometry" not in sasp:
+        out["sasp"] = {**sasp, "geometry": "clip"}
+    return out
+
+
 def validate(cfg: ReadConfig) -> None:
     """Cross-field checks; raises ValueError naming the offending key."""
     for name in ("ce_weight", "bce_weight", "dice_weight", "query_weight"):
@@ -238,6 +260,8 @@ def validate(cfg: ReadConfig) -> None:
         raise ValueError(f"sasp: need 0 <= t_neg < t_pos <= 1, got t_neg={s.t_neg}, t_pos={s.t_pos}")
     if s.num_points < 1 or s.down_sample < 1 or s.dtoc_radius < 1:
         raise ValueError("sasp.num_points, sasp.down_sample and sasp.dtoc_radius must be >= 1")
+    if s.geometry not in ("reference", "clip"):
+        raise ValueError(f"sasp.geometry must be 'reference' or 'clip', got {s.geometry!r}")
     side = cfg.model.vision.image_size // cfg.model.vision.patch_size
     if s.enabled and side % s.down_sample != 0:
         raise ValueError(f"sasp.down_sample={s.down_sample} must divide the image-token grid side {side}")

@@ -14,8 +14,9 @@ from transformers import CLIPImageProcessor
 from transformers.image_transforms import get_resize_output_image_size
 from transformers.image_utils import SizeDict
 
-from read.config import SaspConfig
+from read.config import ReadConfig, SaspConfig
 from read.sasp import (
+    GEOMETRIES,
     PointPrompts,
     SasP,
     _axis_weights,
@@ -24,6 +25,7 @@ from read.sasp import (
     _resize_matrix,
     crop_geometry,
     full_resolution_map,
+    reference_geometry,
     select_points,
     similarity_map,
 )
@@ -35,11 +37,14 @@ from sasp_oracle import map_a, oracle_select_points  # noqa: E402
 READ_7B = dict(num_points=30, t_pos=0.8, t_neg=0.2, down_sample=2)
 READ_13B = dict(num_points=60, t_pos=0.6, t_neg=0.2, down_sample=1)
 HPARAMS = pytest.mark.parametrize("hp", [READ_7B, READ_13B], ids=["7b", "13b"])
+GEOMETRY = pytest.mark.parametrize("geometry", GEOMETRIES)
 
 # Rectangular both ways, square, tiny, extreme aspect. Kept small: the oracle costs O(points x pixels).
 SIZES = [(48, 64), (64, 48), (20, 30), (30, 20), (40, 40), (7, 5), (1, 1), (100, 37), (5, 200)]
 # Short sides where the reference's padding is -1 (333 at 336; 376 and 383 at 12 and 24), both orientations.
 NEGATIVE_PAD_SIZES = [(333, 340), (380, 376), (383, 383), (340, 333), (376, 390)]
+# Common photo sizes with odd crop excesses, the reference's negative paddings, and degenerate shapes.
+REFERENCE_SIZES = [(640, 427), (427, 640), (1080, 1920), (333, 500), (376, 500), (383, 512), (1, 1), (5, 200)]
 
 
 def random_maps(batch: int, kind: str, seed: int, side: int = 24) -> torch.Tensor:
@@ -55,6 +60,7 @@ def random_maps(batch: int, kind: str, seed: int, side: int = 24) -> torch.Tenso
 
 
 def assert_matches_oracle(sim: torch.Tensor, sizes: list[tuple[int, int]], **hp) -> tuple[torch.Tensor, torch.Tensor]:
+    """select_points against the literal oracle (``geometry`` in ``hp``, default "reference" on both sides)."""
     coords, labels = select_points(sim, sizes, **hp)
     ref_coords, ref_labels, ref_pixels = oracle_select_points(sim, sizes, **hp)
     assert coords.shape == ref_coords.shape and labels.shape == ref_labels.shape
@@ -70,48 +76,73 @@ def assert_matches_oracle(sim: torch.Tensor, sizes: list[tuple[int, int]], **hp)
 
 
 @HPARAMS
+@GEOMETRY
 @pytest.mark.parametrize("kind", ["rough", "smooth", "ties"])
-def test_matches_oracle_on_random_maps(hp, kind):
+def test_matches_oracle_on_random_maps(hp, kind, geometry):
     for seed in range(2):
         sim = random_maps(len(SIZES), kind, seed)
-        coords, labels = assert_matches_oracle(sim, SIZES, **hp)
+        coords, labels = assert_matches_oracle(sim, SIZES, geometry=geometry, **hp)
         assert coords.shape == (len(SIZES), hp["num_points"], 2)
         assert bool((labels[:, 0] == 1).all())  # the maximum cell is always positive
 
 
 @HPARAMS
-def test_matches_oracle_where_the_reference_pads_negatively(hp):
+@GEOMETRY
+def test_matches_oracle_where_the_reference_pads_negatively(hp, geometry):
     sim = torch.cat([random_maps(3, "rough", 13), random_maps(2, "smooth", 14)])
     n = len(NEGATIVE_PAD_SIZES) if hp is READ_7B else 3  # 60 points: keep the oracle's cost down
-    assert_matches_oracle(sim[:n], NEGATIVE_PAD_SIZES[:n], **hp)
+    assert_matches_oracle(sim[:n], NEGATIVE_PAD_SIZES[:n], geometry=geometry, **hp)
 
 
-def test_matches_oracle_at_common_sizes():
+def test_reference_geometry_matches_the_oracle_at_photo_sizes():
+    """READ's own crop arithmetic, literally (odd excesses lose a row/column, -1 paddings crop), at the sizes
+    where it differs most from the CLIP processor's crop; all 30 points."""
+    sim = torch.cat([random_maps(4, "rough", 21), random_maps(4, "smooth", 22)])
+    coords, labels = assert_matches_oracle(sim, REFERENCE_SIZES, geometry="reference", **READ_7B)
+    assert coords.shape == (len(REFERENCE_SIZES), 30, 2)
+
+
+@GEOMETRY
+def test_matches_oracle_at_common_sizes(geometry):
     sim = torch.cat([random_maps(1, "rough", 3), random_maps(1, "smooth", 4)])
-    assert_matches_oracle(sim, [(480, 640), (500, 375)], **READ_7B)
+    assert_matches_oracle(sim, [(480, 640), (500, 375)], geometry=geometry, **READ_7B)
 
 
-def test_matches_oracle_at_full_hd_both_orientations():
+@GEOMETRY
+def test_matches_oracle_at_full_hd_both_orientations(geometry):
     """12 points per map keep the oracle's full-image soft-argmax affordable; the slow test runs all 30/60."""
     sim = torch.cat([random_maps(1, "rough", 3), random_maps(1, "smooth", 4)])
-    assert_matches_oracle(sim, [(1080, 1920), (1920, 1080)], **{**READ_7B, "num_points": 12})
+    assert_matches_oracle(sim, [(1080, 1920), (1920, 1080)], geometry=geometry, **{**READ_7B, "num_points": 12})
 
 
 @pytest.mark.slow
 @HPARAMS
-def test_matches_oracle_at_large_sizes(hp):
+@GEOMETRY
+def test_matches_oracle_at_large_sizes(hp, geometry):
     sim = torch.cat([random_maps(3, "rough", 5), random_maps(3, "smooth", 6)])
     sizes = [(1080, 1920), (1920, 1080), (720, 1280), (768, 1024), (480, 640), (376, 500)]
-    assert_matches_oracle(sim, sizes, **hp)
+    assert_matches_oracle(sim, sizes, geometry=geometry, **hp)
 
 
-def test_matches_oracle_with_a_tiny_grid():
+@GEOMETRY
+def test_matches_oracle_with_a_tiny_grid(geometry):
     """A tiny model's 4x4 image-token grid with its own CLIP size; fewer cells than points."""
     sim = random_maps(4, "rough", 5, side=4)
     sizes = [(40, 64), (64, 40), (9, 9), (3, 50)]
-    coords, labels = assert_matches_oracle(sim, sizes, num_points=6, down_sample=2, clip_size=32)
+    coords, labels = assert_matches_oracle(sim, sizes, num_points=6, down_sample=2, clip_size=32, geometry=geometry)
     assert coords.shape == (4, 4, 2)  # min(num_points, (4 // 2) ** 2)
-    assert_matches_oracle(sim, sizes, num_points=6, down_sample=1, clip_size=32)
+    assert_matches_oracle(sim, sizes, num_points=6, down_sample=1, clip_size=32, geometry=geometry)
+
+
+def test_reference_geometry_crops_tiny_grids_to_neutral_centre_points():
+    """A 2x2 coarse grid at a short side of 49 (where the reference's int(49 * (2 / 49)) is 1): the padding of -1
+    leaves no visible cell, so all points are neutral at the image centre; 1x1 grids likewise at short side 2."""
+    assert reference_geometry(49, 60, 2)[0] == 0
+    sim = random_maps(2, "rough", 23, side=4)
+    sizes = [(49, 60), (40, 64)]
+    coords, labels = assert_matches_oracle(sim, sizes, num_points=4, down_sample=2, clip_size=32)
+    assert labels[0].tolist() == [-1] * 4 and coords[0].round().long().tolist() == [[30, 24]] * 4
+    assert bool((labels[1] != -1).any())
 
 
 def test_golden_reference_run():
@@ -170,13 +201,16 @@ def test_window_radius_ten_is_the_full_sum():
 # map A and the crop geometry
 
 
-@pytest.mark.parametrize("size", [(480, 640), (500, 333), (383, 383), (20, 30), (1, 7), (1080, 1920)])
-def test_window_weights_reproduce_the_interpolated_map(size):
+@GEOMETRY
+@pytest.mark.parametrize(
+    "size", [(480, 640), (500, 333), (383, 383), (20, 30), (1, 7), (1080, 1920), (427, 640), (333, 501)]
+)
+def test_window_weights_reproduce_the_interpolated_map(size, geometry):
     """The composite interpolation rows used in the DtoC windows give F.interpolate's map A at every pixel."""
     sim = random_maps(1, "smooth", 9)
-    full = map_a(sim[0], size, 336)
-    torch.testing.assert_close(full_resolution_map(sim[0], size, 336), full, atol=0, rtol=0)
-    geo = _geometry([size], 336, sim.device)
+    full = map_a(sim[0], size, 336, geometry)
+    torch.testing.assert_close(full_resolution_map(sim[0], size, 336, geometry), full, atol=0, rtol=0)
+    geo = _geometry([size], 336, sim.device, geometry)
     to_crop = _resize_matrix(24, 336, torch.float32, sim.device)
     h, w = size
     wy = _axis_weights(torch.arange(h).view(1, 1, h), geo.height, geo.resized_h, geo.top, to_crop)
@@ -207,25 +241,59 @@ def test_crop_geometry_is_the_clip_processors():
 
 
 @pytest.mark.parametrize("short,target", [(333, 336), (376, 12), (376, 24), (383, 12), (383, 24)])
-def test_reference_padding_goes_negative_and_ours_does_not(short, target):
+def test_reference_padding_goes_negative_and_the_clip_geometry_does_not(short, target):
     for h, w in ((short, 500), (500, short), (short, short)):
         reference_short = int(short * (target / min(h, w)))
-        assert (reference_short - target) // 2 == -1  # the reference's F.pad would crop a row/column
+        assert (reference_short - target) // 2 == -1  # the reference's F.pad crops a row/column on each side
+        padded_h, padded_w, top, left = reference_geometry(h, w, target)
+        short_axis = (padded_h, top) if h == short else (padded_w, left)
+        assert short_axis == (target - 2, -1)
         new_h, new_w, top, left = crop_geometry(h, w, target)
         assert min(new_h, new_w) == target and top >= 0 and left >= 0
         assert new_h - target - top >= 0 and new_w - target - left >= 0
 
 
-def test_negative_padding_sizes_keep_the_whole_coarse_grid():
-    """At 376x500 the reference's coarse map loses a row (10 instead of 12); here all 144 cells stay selectable
-    and the cell centres stay inside the CLIP-visible square."""
+def test_reference_geometry_pads_symmetrically():
+    """An odd excess loses its last row/column: 427x640 at 336 resizes the long side to 503 (excess 167) and pads
+    83 on each side (502 columns); at 12 to 17 (excess 5): 2 on each side (16 columns). The CLIP geometry keeps
+    503 / 17 with the odd column at the right."""
+    assert reference_geometry(427, 640, 336) == (336, 502, 0, 83)
+    assert reference_geometry(427, 640, 12) == (12, 16, 0, 2)
+    assert reference_geometry(640, 427, 12) == (16, 12, 2, 0)
+    assert crop_geometry(427, 640, 336) == (336, 503, 0, 83)
+    assert crop_geometry(427, 640, 12) == (12, 17, 0, 2)
+
+
+def test_the_geometries_move_the_points_at_odd_crop_excesses():
+    """Same labels and cells, other positions: a random map at 640x427 and 1080x1920 (measured figures quoted in
+    the SasP documentation)."""
+    sim = torch.cat([random_maps(1, "rough", 30), random_maps(1, "smooth", 31)])
+    for size in ((640, 427), (1080, 1920)):
+        ref_coords, ref_labels = select_points(sim, [size] * 2, **READ_7B)
+        clip_coords, clip_labels = select_points(sim, [size] * 2, geometry="clip", **READ_7B)
+        assert torch.equal(ref_labels, clip_labels)
+        shift = (ref_coords - clip_coords).abs().amax()
+        assert 10 < float(shift) < 80
+
+
+def test_negative_padding_sizes_keep_the_whole_coarse_grid_in_the_clip_geometry():
+    """At 376x500 the reference's coarse map loses a row (10 instead of 12); in the CLIP geometry all 144 cells
+    stay selectable and the cell centres stay inside the CLIP-visible square."""
     sim = random_maps(1, "rough", 10)
-    coords, labels = select_points(sim, [(376, 500)], num_points=144, **{k: READ_7B[k] for k in ("t_pos", "t_neg")})
+    hp = {k: READ_7B[k] for k in ("t_pos", "t_neg")}
+    coords, labels = select_points(sim, [(376, 500)], num_points=144, geometry="clip", **hp)
     pixels = coords[0].round().long()
     assert len({tuple(p) for p in pixels.tolist()}) == 144
     _, new_w, _, left = crop_geometry(376, 500, 12)
     cell_w = 500 / new_w
     assert int(pixels[:, 0].min()) == int((left + 0.5) * cell_w) and int(pixels[:, 1].max()) == int(11.5 * 376 / 12)
+    # the reference geometry: 10 rows of 12 + 2 * 2 columns stay; the first and last rows of the grid are cut away,
+    # so 120 cells are chosen and the other 24 points are neutral at the centre
+    coords, labels = select_points(sim, [(376, 500)], num_points=144, **hp)
+    centre = torch.tensor([250.0, 188.0])
+    at_centre = (coords[0] - centre).abs().amax(-1) < 1.0
+    assert int(at_centre.sum()) >= 24 and bool((labels[0, -24:] == -1).all())
+    assert len({tuple(p) for p in coords[0, :120].round().long().tolist()}) == 120
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -348,6 +416,12 @@ def test_module_from_config():
     assert (sasp.num_points, sasp.t_pos, sasp.t_neg, sasp.down_sample, sasp.dtoc_radius, sasp.clip_size) == (
         60, 0.6, 0.2, 1, 10, 336,
     )
+    assert sasp.geometry == "reference"
+    assert SasP.from_config(SaspConfig(geometry="clip"), clip_size=336).geometry == "clip"
+    with pytest.raises(ValueError, match="geometry"):
+        SasP(geometry="square")
+    with pytest.raises(ValueError, match="geometry"):
+        ReadConfig(sasp=SaspConfig(geometry="square"))
     assert list(sasp.parameters()) == []
     g = torch.Generator().manual_seed(2)
     image = torch.randn(3, 576, 32, generator=g).bfloat16()

@@ -16,14 +16,14 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-from read.config import ModelConfig, ReadConfig
+from read.config import ModelConfig, ReadConfig, fill_saved_defaults
+from read.model.dtypes import resolve_dtype
 from read.model.read_model import ReadModel
 from read.model.sam import build_sam, load_sam_checkpoint
 from read.model.weights import load_state_dict_file
 
 logger = logging.getLogger(__name__)
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CONFIG_NAME = "read_config.json"
 WEIGHTS_NAME = "model.safetensors"
 
@@ -124,7 +124,7 @@ def build_read_model(cfg: ReadConfig, vocab_size: int, *, seg_token_id: int, ima
 def cast_model(model: ReadModel, dtype: str | torch.dtype) -> ReadModel:
     """Cast to ``dtype`` keeping SAM's prompt encoder in fp32 (its positional encoding fails in bf16) and the
     rotary-embedding frequencies in fp32 (bf16 frequencies shift the RoPE phase by ~0.7 rad at position 600)."""
-    torch_dtype = _DTYPES[dtype] if isinstance(dtype, str) else dtype
+    torch_dtype = resolve_dtype(dtype)
     rotary = {
         name: buf.detach().clone()
         for name, buf in model.named_buffers()
@@ -213,7 +213,11 @@ def save_pretrained(model: ReadModel, directory: str | Path, tokenizer: Any | No
 def from_pretrained(
     directory: str | Path, *, dtype: str | None = None, overrides: dict[str, Any] | None = None
 ) -> ReadModel:
-    """Load a directory written by :func:`save_pretrained`, strictly.
+    """Load a directory written by :func:`save_pretrained`, strictly. Most callers want
+    :func:`read.model.load_model`, which also loads the tokenizer and published checkpoints.
+
+    A ``read_config.json`` without ``sasp.geometry`` (written before that setting existed) loads with the "clip"
+    geometry its model was trained with.
 
     Arguments:
         directory: the model directory.
@@ -225,7 +229,8 @@ def from_pretrained(
     if not (d / CONFIG_NAME).is_file():
         raise FileNotFoundError(f"{d} is not a READ model directory (no {CONFIG_NAME})")
     meta = json.loads((d / CONFIG_NAME).read_text())
-    cfg_dict = meta["config"]
+    # a read_config.json written before sasp.geometry existed: the model was trained with the "clip" geometry
+    cfg_dict = fill_saved_defaults(meta["config"])
     if overrides:
         from read.config import _merge
 

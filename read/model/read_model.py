@@ -6,6 +6,11 @@ head and an optional ``SasP`` prompter); :mod:`read.model.builder` assembles the
 Which hidden state is the mask prompt [PARITY, SPEC 1.3]: the last-layer (post-norm) hidden state at the
 position that *predicts* ``[SEG]``, i.e. position q with ``input_ids[q + 1] == seg_token_id``. Image-token
 states are found by id (``input_ids == image_token_id``), never by offset arithmetic.
+
+The LM's classes are the token ids below ``<image>``: transformers' Llava needs that per-patch placeholder (the last
+id of the vocabulary, one more than READ's), but it is no word. :func:`text_only_logits` leaves its ``lm_head``
+column (and any padding columns after it) out of the cross-entropy and out of generation, so the loss is READ's,
+over READ's vocabulary, and the placeholder row of ``lm_head`` gets no gradient.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from torch import Tensor, nn
-from transformers import LlavaForConditionalGeneration
+from transformers import LlavaForConditionalGeneration, LogitsProcessor, LogitsProcessorList
 
 from read.batch import ReadBatch
 from read.config import ReadConfig
@@ -34,7 +39,8 @@ class ReadOutput:
         ce_loss, bce_loss, dice_loss: the unweighted parts (None where not computed).
         query_loss: the unweighted query-word loss (``loss.query_weight > 0`` and ``batch.query_ids`` given; not in
             READ, see ``read.losses.query_word_loss``), else None.
-        logits: (R, L, V) LM logits; None when the pass was asked for none (``return_logits=False``, no labels).
+        logits: (R, L, V) LM logits over the whole ``lm_head`` (the ``<image>`` column included; see
+            :func:`text_only_logits`); None when the pass was asked for none (``return_logits=False``, no labels).
         pred_masks: R tensors (k_r, H, W) float32 mask logits at the original image size, one per ``[SEG]``.
         point_coords: R tensors (k_r, P, 2) SasP points (x, y) in original-image pixels (P = 0 without SasP).
         point_labels: R tensors (k_r, P) point labels in {1, 0, -1}.
@@ -53,6 +59,32 @@ class ReadOutput:
     similarity: list[Tensor] = field(default_factory=list)
     num_masks: int = 0
     query_loss: Tensor | None = None
+
+
+def text_only_logits(logits: Tensor, image_token_id: int) -> Tensor:
+    """LM logits restricted to the text vocabulary: the ``<image>`` placeholder's column and every column after it
+    (padding rows of a resized ``lm_head``) become -inf, so they take no probability, win no argmax and pass no
+    gradient back to their ``lm_head`` rows. The loss and generation both go through this function.
+
+    Arguments:
+        logits: (..., V) logits over the whole ``lm_head``.
+        image_token_id: id of ``<image>``, the last token of the vocabulary.
+
+    Returns:
+        (..., V) logits, a new tensor (column indices are still token ids).
+    """
+    columns = torch.arange(logits.shape[-1], device=logits.device)
+    return logits.masked_fill(columns >= image_token_id, float("-inf"))
+
+
+class TextOnlyLogits(LogitsProcessor):
+    """transformers' ``generate`` hook that applies :func:`text_only_logits` at every step."""
+
+    def __init__(self, image_token_id: int) -> None:
+        self.image_token_id = image_token_id
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        return text_only_logits(scores, self.image_token_id)
 
 
 def seg_prompt_mask(input_ids: Tensor, seg_token_id: int) -> Tensor:
@@ -309,7 +341,7 @@ class ReadModel(nn.Module):
         num_masks = 0
         total: Tensor | None = None
         if batch.labels is not None:
-            ce = causal_lm_loss(logits, batch.labels)
+            ce = causal_lm_loss(text_only_logits(logits, self.image_token_id), batch.labels)
             total = weights.ce_weight * ce
         if batch.gt_masks is not None:
             for r, (p, g) in enumerate(zip(masks, batch.gt_masks)):
@@ -382,6 +414,7 @@ class ReadModel(nn.Module):
             num_beams=1,
             eos_token_id=eos_token_id,
             pad_token_id=pad_token_id,
+            logits_processor=LogitsProcessorList([TextOnlyLogits(self.image_token_id)]),
         )  # (R, T): with inputs_embeds only, generate returns the new tokens
         is_eos = new_tokens == eos_token_id
         after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0  # strictly after the first EOS
@@ -405,7 +438,7 @@ def causal_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
     """Token-averaged next-token cross-entropy over the positions whose label is not IGNORE_INDEX.
 
     Arguments:
-        logits: (R, L, V); labels: (R, L).
+        logits: (R, L, V), columns that are no class already -inf (:func:`text_only_logits`); labels: (R, L).
     """
     shift_logits = logits[:, :-1].float()
     shift_labels = labels[:, 1:]

@@ -27,13 +27,14 @@ Key mapping (original -> ReadModel, SPEC 8.4)::
 Vocabulary: rows V..V+2 of the checkpoint are ``[SEG]``, ``<im_start>``, ``<im_end>`` (V = 32000 for LLaMA).
 transformers' Llava needs one more token, ``<image>`` = V + 3, the per-patch placeholder. One row is appended to
 ``embed_tokens`` and ``lm_head``: the mean of the existing rows. The embedding row is never read (the image
-features overwrite it); in ``lm_head`` the mean row's logit is the mean of the real logits, so greedy decoding
-never prefers ``<image>`` over the best real token.
+features overwrite it), and the ``lm_head`` row is no class of the language model: the loss and generation leave its
+column out (``read.model.read_model.text_only_logits``), so the LM loss is READ's over READ's vocabulary.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import re
@@ -48,6 +49,7 @@ from torch import Tensor
 from read.config import ModelConfig, ReadConfig, SamConfig, SaspConfig, TextConfig, VisionConfig
 from read.constants import EXTRA_TOKENS
 from read.model.builder import build_read_model
+from read.model.dtypes import dtype_name
 from read.model.read_model import ReadModel
 from read.model.sam import sam_config_for
 from read.model.weights import load_sharded_state_dict
@@ -84,7 +86,6 @@ _DROPPED = (
     re.compile(r"^(model\.vision_tower\.vision_tower\.vision_model\.)?embeddings\.position_ids$"),
 )
 _VOCAB_KEYS = ("llava.model.language_model.embed_tokens.weight", "llava.lm_head.weight")
-_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -201,28 +202,50 @@ def clip_vision_weights(tower_dir: str | Path) -> dict[str, Tensor]:
 def infer_sam_config(sam_state: Mapping[str, Tensor]) -> SamConfig:
     """SAM sizes read from the tensors of a SAM state dict (pip ``segment_anything`` names, no prefix).
 
-    The encoder's heads come from the relative-position tables (``(2 * size - 1, head_dim)``), which also tell the
-    global-attention blocks (size = the embedding grid) from the windowed ones (size = the window). The decoder's
-    heads are not visible in any shape: SAM's 8 is assumed. Returns the ``vit_h``/``vit_l``/``vit_b`` registry
-    config when the sizes are one of those, else a "custom" config.
+    Every size that a tensor shape reveals is read: the image encoder's grid, patch, width, depth, MLP width and
+    heads (from the relative-position tables, ``(2 * size - 1, head_dim)``, which also tell the global-attention
+    blocks, size = the embedding grid, from the windowed ones, size = the window), the prompt width and the mask
+    down-scaling channels, the decoder's depth and MLP width, the number of mask outputs and the IoU head's depth and
+    width. The decoder's attention heads are the one size no shape shows: SAM's 8 is used, and logged. Returns the
+    ``vit_h``/``vit_l``/``vit_b`` registry config when the sizes are one of those, else a "custom" config.
+
+    Raises:
+        ValueError: a tensor needed for a size is missing (the size is named), or the shapes contradict each other.
     """
 
-    def get(key: str) -> Tensor:
+    def get(key: str, size: str) -> Tensor:
         if key not in sam_state:
-            raise ValueError(f"SAM weights lack {key!r}: cannot infer the SAM sizes")
+            raise ValueError(f"SAM weights lack {key!r}: cannot infer the {size}")
         return sam_state[key]
 
-    _, grid, grid_w, embed_dim = get("image_encoder.pos_embed").shape
-    patch_size = get("image_encoder.patch_embed.proj.weight").shape[-1]
+    _, grid, grid_w, embed_dim = get("image_encoder.pos_embed", "image-encoder grid and width").shape
+    patch_size = get("image_encoder.patch_embed.proj.weight", "patch size").shape[-1]
     depth = len({k.split(".")[2] for k in sam_state if k.startswith("image_encoder.blocks.")})
-    head_dim = get("image_encoder.blocks.0.attn.rel_pos_h").shape[1]
-    sizes = [(get(f"image_encoder.blocks.{i}.attn.rel_pos_h").shape[0] + 1) // 2 for i in range(depth)]
+    head_dim = get("image_encoder.blocks.0.attn.rel_pos_h", "encoder attention heads").shape[1]
+    sizes = [
+        (get(f"image_encoder.blocks.{i}.attn.rel_pos_h", "encoder attention windows").shape[0] + 1) // 2
+        for i in range(depth)
+    ]
     global_idx = [i for i, s in enumerate(sizes) if s == grid]
     windows = {s for s in sizes if s != grid}
     if grid != grid_w or embed_dim % head_dim or len(windows) > 1:
         raise ValueError(f"SAM image encoder shapes are inconsistent: grid {grid}x{grid_w}, rel-pos sizes {sizes}")
-    prompt_dim = get("image_encoder.neck.0.weight").shape[0]
+    mlp_width = get("image_encoder.blocks.0.mlp.lin1.weight", "encoder MLP width").shape[0]
+    mlp_ratio = mlp_width / embed_dim
+    if int(embed_dim * mlp_ratio) != mlp_width:
+        raise ValueError(f"SAM image encoder MLP width {mlp_width} is not a ratio of its width {embed_dim}")
+    prompt_dim = get("image_encoder.neck.0.weight", "prompt embedding width").shape[0]
+    mask_in_chans = get("prompt_encoder.mask_downscaling.3.weight", "mask down-scaling channels").shape[0]
     decoder_depth = len({k.split(".")[3] for k in sam_state if k.startswith("mask_decoder.transformer.layers.")})
+    iou_layers = {k.split(".")[3] for k in sam_state if k.startswith("mask_decoder.iou_prediction_head.layers.")}
+    if not iou_layers:
+        raise ValueError("SAM weights lack 'mask_decoder.iou_prediction_head.layers.*': cannot infer the IoU head")
+    iou_hidden = (
+        get("mask_decoder.iou_prediction_head.layers.0.weight", "IoU head width").shape[0]
+        if len(iou_layers) > 1
+        else 256  # a one-layer head has no hidden width; SAM's value keeps the config valid
+    )
+    num_mask_tokens = get("mask_decoder.mask_tokens.weight", "number of mask outputs").shape[0]
     cfg = SamConfig(
         variant="custom",
         image_size=grid * patch_size,
@@ -234,8 +257,18 @@ def infer_sam_config(sam_state: Mapping[str, Tensor]) -> SamConfig:
         encoder_window_size=windows.pop() if windows else grid,
         prompt_embed_dim=prompt_dim,
         decoder_depth=decoder_depth,
-        decoder_mlp_dim=get("mask_decoder.transformer.layers.0.mlp.lin1.weight").shape[0],
+        decoder_mlp_dim=get("mask_decoder.transformer.layers.0.mlp.lin1.weight", "decoder MLP width").shape[0],
         decoder_num_heads=SAM_DECODER_HEADS,
+        encoder_mlp_ratio=mlp_ratio,
+        mask_in_chans=mask_in_chans,
+        num_multimask_outputs=num_mask_tokens - 1,
+        iou_head_depth=len(iou_layers),
+        iou_head_hidden_dim=iou_hidden,
+    )
+    logger.info(
+        "SAM mask-decoder attention heads cannot be read from the weights (no tensor shape shows them): using %d, "
+        "the value of every SAM release",
+        SAM_DECODER_HEADS,
     )
     for variant in ("vit_h", "vit_l", "vit_b"):
         if dataclass_equal_except_variant(cfg, sam_config_for(variant)):
@@ -246,6 +279,49 @@ def infer_sam_config(sam_state: Mapping[str, Tensor]) -> SamConfig:
 def dataclass_equal_except_variant(a: SamConfig, b: SamConfig) -> bool:
     """Whether two SAM configs describe the same network."""
     return {**vars(a), "variant": None} == {**vars(b), "variant": None}
+
+
+def check_text_sizes(hf_config: Mapping[str, Any], state: Mapping[str, Tensor], source: str = CONFIG_FILE) -> None:
+    """Compare config.json's language-model sizes with what the checkpoint's tensors (original names) show:
+    the width and vocabulary (``model.embed_tokens``), the MLP width, the key/value width and the ``[SEG]`` head's
+    output width (layers that config.json does not declare, or lacks, are reported key by key by the strict load).
+    The attention heads, the RMSNorm epsilon, the RoPE base and the context length are not visible in any shape and
+    are taken from config.json as they are.
+
+    Raises:
+        ValueError: naming the field, its config.json value and the tensor that contradicts it.
+    """
+
+    def shape(key: str) -> tuple[int, ...] | None:
+        return tuple(state[key].shape) if key in state else None
+
+    found: list[tuple[str, int, str]] = []  # (config field, value the tensors show, tensor)
+    embed = shape("model.embed_tokens.weight")
+    if embed is not None:
+        found += [
+            ("vocab_size", embed[0], "model.embed_tokens.weight"),
+            ("hidden_size", embed[1], "model.embed_tokens.weight"),
+        ]
+    gate = shape("model.layers.0.mlp.gate_proj.weight")
+    if gate is not None:
+        found.append(("intermediate_size", gate[0], "model.layers.0.mlp.gate_proj.weight"))
+    head = shape("model.text_hidden_fcs.0.2.weight")
+    if head is not None and "out_dim" in hf_config:
+        found.append(("out_dim", head[0], "model.text_hidden_fcs.0.2.weight"))
+    for field_name, value, tensor in found:
+        if field_name in hf_config and hf_config[field_name] != value:
+            raise ValueError(
+                f"{source}: {field_name}={hf_config[field_name]} but the checkpoint's {tensor} shows {value}"
+            )
+    k_proj = shape("model.layers.0.self_attn.k_proj.weight")
+    heads, hidden = hf_config.get("num_attention_heads"), hf_config.get("hidden_size")
+    if k_proj is not None and isinstance(heads, int) and isinstance(hidden, int) and heads > 0:
+        kv_heads = hf_config.get("num_key_value_heads") or heads
+        if kv_heads * (hidden // heads) != k_proj[0]:
+            raise ValueError(
+                f"{source}: num_key_value_heads={kv_heads} (head size {hidden // heads}) but "
+                f"model.layers.0.self_attn.k_proj.weight has {k_proj[0]} rows"
+            )
 
 
 def projector_type_of(keys: Collection[str], hf_config: Mapping[str, Any], source: str = CONFIG_FILE) -> str:
@@ -261,6 +337,17 @@ def projector_type_of(keys: Collection[str], hf_config: Mapping[str, Any], sourc
     if declared is not None and declared != found:
         raise ValueError(f"{source}: mm_projector_type={declared!r}, but the weights hold a {found!r} projector")
     return found
+
+
+def released_sasp_config(family: str, overrides: Mapping[str, Any] | None = None) -> SaspConfig:
+    """SasP settings for a released checkpoint: READ-7B's (30 points, 0.8 / 0.2, down-sample 2, READ's crop
+    geometry) for READ checkpoints, disabled (the LISA path) for SESAME and LISA; ``overrides`` (e.g.
+    ``{"num_points": 60}``) apply on top, and only an explicit ``enabled`` switches SasP on or off."""
+    base = dataclasses.asdict(SaspConfig(enabled=family == "read"))
+    unknown = sorted(set(overrides or {}) - set(base))
+    if unknown:
+        raise ValueError(f"unknown SasP setting(s) {unknown}; known: {sorted(base)}")
+    return ReadConfig.from_dict({"sasp": {**base, **(overrides or {})}}).sasp
 
 
 def released_read_config(
@@ -301,8 +388,7 @@ def released_read_config(
     for key, (wanted, value) in checks.items():
         if value != wanted:
             raise ValueError(f"{source}: {key}={value!r} is not supported (expected {wanted!r})")
-    if dtype not in _DTYPE_NAMES:
-        raise ValueError(f"dtype {dtype} is not supported; use one of {list(_DTYPE_NAMES)}")
+    dtype_config_name = dtype_name(dtype)
     mm_hidden = hf_config.get("mm_hidden_size", vision.hidden_size)
     if mm_hidden != vision.hidden_size:
         raise ValueError(
@@ -326,7 +412,7 @@ def released_read_config(
         rope_theta=float(hf_config.get("rope_theta", 10000.0)),
     )
     if sasp is None:
-        sasp = SaspConfig(enabled=family == "read")
+        sasp = released_sasp_config(family)
     model = ModelConfig(
         text=text,
         vision=vision,
@@ -334,7 +420,7 @@ def released_read_config(
         projector_type=projector_type,  # type: ignore[arg-type]
         out_dim=out_dim,
         init="released",
-        dtype=_DTYPE_NAMES[dtype],  # type: ignore[arg-type]
+        dtype=dtype_config_name,  # type: ignore[arg-type]
     )
     return ReadConfig(model=model, sasp=sasp)
 
@@ -480,8 +566,9 @@ def load_released(
         dtype: parameter dtype (SAM's prompt encoder stays float32).
         strict: raise on missing, unexpected or mis-shaped tensors (default). With False they are logged, and
             the model tensors not in the checkpoint keep their random initialisation.
-        sasp: SasP settings (the checkpoint has none); default: READ 7B's (30 points, 0.8 / 0.2, down-sample 2)
-            for READ checkpoints, disabled (the LISA path) for SESAME and LISA.
+        sasp: SasP settings (the checkpoint has none); default: READ 7B's (30 points, 0.8 / 0.2, down-sample 2,
+            READ's own crop geometry) for READ checkpoints, disabled (the LISA path) for SESAME and LISA
+            (:func:`released_sasp_config`).
 
     Returns:
         (model in eval mode, tokenizer, config). ``config.model.init`` is "released", with ``init_path``,
@@ -499,6 +586,7 @@ def load_released(
     hf_config = read_json(config_path)
     checkpoint_family(hf_config, str(config_path))
     original = load_checkpoint_weights(ckpt)
+    check_text_sizes(hf_config, original, str(config_path))
     projector = projector_type_of(original.keys(), hf_config, str(config_path))
     state, sources, unmapped = map_released_state_dict(original)
     del original

@@ -56,7 +56,7 @@ def build_sam(cfg: SamConfig) -> Sam:
             depth=cfg.encoder_depth,
             embed_dim=cfg.encoder_embed_dim,
             img_size=cfg.image_size,
-            mlp_ratio=4,
+            mlp_ratio=cfg.encoder_mlp_ratio,
             norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
             num_heads=cfg.encoder_num_heads,
             patch_size=cfg.patch_size,
@@ -70,10 +70,10 @@ def build_sam(cfg: SamConfig) -> Sam:
             embed_dim=cfg.prompt_embed_dim,
             image_embedding_size=(embed_size, embed_size),
             input_image_size=(cfg.image_size, cfg.image_size),
-            mask_in_chans=16,
+            mask_in_chans=cfg.mask_in_chans,
         ),
         mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
+            num_multimask_outputs=cfg.num_multimask_outputs,
             transformer=TwoWayTransformer(
                 depth=cfg.decoder_depth,
                 embedding_dim=cfg.prompt_embed_dim,
@@ -81,8 +81,8 @@ def build_sam(cfg: SamConfig) -> Sam:
                 num_heads=cfg.decoder_num_heads,
             ),
             transformer_dim=cfg.prompt_embed_dim,
-            iou_head_depth=3,
-            iou_head_hidden_dim=256,
+            iou_head_depth=cfg.iou_head_depth,
+            iou_head_hidden_dim=cfg.iou_head_hidden_dim,
         ),
     )
 

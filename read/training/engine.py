@@ -28,14 +28,15 @@ from typing import Any
 import torch
 
 from read.config import ReadConfig, TrainConfig, validate
-from read.model import ReadModel, build_from_base, build_read_model, from_pretrained
+from read.model import ReadModel, build_from_base, build_read_model, load_model
 from read.model.builder import cast_model
+from read.model.dtypes import DTYPES, PRECISIONS
 from read.training.loop import install_nonfinite_guard
 
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISION_DTYPES = {precision: DTYPES[name] for precision, name in PRECISIONS.items()}
 
 
 @dataclass(frozen=True)
@@ -233,7 +234,9 @@ def build_model(cfg: ReadConfig, tokenizer: Any) -> ReadModel:
     * ``random``: random weights, seeded with ``train.seed`` (so a rebuild gives the same frozen weights);
     * ``llava``: a local LLaVA-1.5 + SAM checkpoint, fresh ``[SEG]`` head (:func:`read.model.build_from_base`);
     * ``read``: a directory written by ``save_pretrained`` / the exporter;
-    * ``released``: an original-layout READ / SESAME / LISA checkpoint (``read.model.released.load_released``).
+    * ``released``: an original-layout READ / SESAME / LISA checkpoint;
+
+    both through :func:`read.model.load_model`.
 
     For "read" and "released" the checkpoint's architecture replaces the YAML's (:func:`adopt_architecture`,
     ``cfg`` is updated) and the YAML's ``sasp`` and ``loss`` sections apply; the returned model's ``config`` is
@@ -249,15 +252,15 @@ def build_model(cfg: ReadConfig, tokenizer: Any) -> ReadModel:
         return build_from_base(cfg, tokenizer)
     if not cfg.model.init_path:
         raise ValueError(f"model.init={init} needs model.init_path")
-    if init == "read":
-        overrides = {"sasp": dataclasses.asdict(cfg.sasp), "loss": dataclasses.asdict(cfg.loss)}
-        model = from_pretrained(cfg.model.init_path, dtype=cfg.model.dtype, overrides=overrides)
-    else:
-        from read.model.released import load_released
-
-        dtype = getattr(torch, cfg.model.dtype)
-        model, _, _ = load_released(cfg.model.init_path, cfg.model.vision_tower_path, dtype=dtype, sasp=cfg.sasp)
-        model.train()
+    model, _ = load_model(
+        cfg.model.init_path,
+        released=init == "released",
+        vision_tower=cfg.model.vision_tower_path if init == "released" else None,
+        dtype=cfg.model.dtype,
+        sasp_overrides=dataclasses.asdict(cfg.sasp),
+        loss_overrides=dataclasses.asdict(cfg.loss),
+    )
+    model.train()
     adopt_architecture(cfg, model.config)
     model.config = cfg
     vocab = model.llava.get_input_embeddings().weight.shape[0]

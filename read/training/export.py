@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from read.config import ReadConfig
+from read.config import ReadConfig, fill_saved_defaults
 from read.model import ReadModel, build_read_model, save_pretrained
 from read.model.builder import cast_model
 from read.model.trainable import merge_lora, prepare_for_training
@@ -62,7 +62,7 @@ def rebuild_training_model(checkpoint: str | Path) -> tuple[ReadModel, ReadConfi
 
     ckpt = Path(checkpoint)
     meta = read_json(ckpt / META_FILE)
-    cfg = ReadConfig.from_dict(meta["config"])
+    cfg = ReadConfig.from_dict(fill_saved_defaults(meta["config"]))
     cfg.model.tokenizer_path = meta["tokenizer_path"]
     tokenizer = load_tokenizer(cfg)
     if meta["exclude_frozen"]:
