@@ -6,7 +6,8 @@
 
 The page takes an uploaded (or example) image and a question and shows the answer, each [SEG]'s mask in its own
 colour, the similarity maps with the SasP points, and the mask PNGs to download; the SasP settings can be changed
-per question. Requests are served one at a time from a bounded queue. Models load as in chat.py.
+per question. Requests are served one at a time from a bounded queue. Models load as in chat.py
+(read.model.load_model, then the device, precision and 4/8-bit quantisation chat.py applies).
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # the page never con
 
 from read.app.discovery import collect_examples, newest_quickstart_model, validation_examples_dir  # noqa: E402
 from read.errors import UserError  # noqa: E402
+from read.model.dtypes import PRECISIONS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
-_PRECISIONS = ("bf16", "fp16", "fp32")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "quickstart model under runs/quickstart/")
     p.add_argument("--released", action="store_true", help="--model is a released READ/SESAME/LISA checkpoint")
     p.add_argument("--vision_tower", default=None, help="local CLIP tower directory (with --released)")
-    p.add_argument("--precision", choices=_PRECISIONS, default=None, help="default: bf16 on GPU, fp32 on CPU")
+    p.add_argument("--precision", choices=sorted(PRECISIONS), default=None, help="default: bf16 on GPU, fp32 on CPU")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--load_in_8bit", action="store_true", help="8-bit LM weights via bitsandbytes (GPU)")
     p.add_argument("--load_in_4bit", action="store_true", help="4-bit LM weights via bitsandbytes (GPU)")

@@ -118,7 +118,6 @@ def test_too_long_question_is_an_error_in_the_page(page, files):
 def test_sasp_controls_reach_the_model(page, files, reference):
     model, tokenizer = reference
     image = cv2.cvtColor(cv2.imread(str(files / "scene.png")), cv2.COLOR_BGR2RGB)
-    page.get_by_text("SasP settings").click()
     set_slider(page, "num_points", 7)
     set_slider(page, "down_sample", 1)
     upload_image(page, files / "scene.png")

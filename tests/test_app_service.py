@@ -253,3 +253,19 @@ def test_similarity_panels_none_without_maps():
     pred = Prediction("no", np.zeros((0, 2, 2), bool), torch.zeros(0, 2, 2), False,
                       np.zeros((0, 0, 2)), np.zeros((0, 0)), np.zeros((0, 0)))
     assert similarity_panels(np.zeros((2, 2, 3), np.uint8), pred, 32) is None
+
+
+def test_similarity_maps_use_the_geometry_of_the_points(tiny_tokenizer, tmp_path):
+    image = np.random.default_rng(2).integers(0, 255, size=(40, 57, 3), dtype=np.uint8)  # odd crop excess (13)
+    path = tmp_path / "odd.png"
+    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    for geometry in ("reference", "clip"):
+        model = seg_model(tiny_tokenizer, f"sasp.geometry={geometry}")
+        got = DemoService(model, tiny_tokenizer, max_new_tokens=1).ask(path, "where?", SaspSettings.of_model(model))
+        pred = got.prediction
+        drawn = {
+            g: similarity_heatmap(image, pred.similarity[0], 32, pred.point_coords[0], pred.point_labels[0], geometry=g)
+            for g in ("reference", "clip")
+        }
+        assert not np.array_equal(drawn["reference"], drawn["clip"])
+        np.testing.assert_array_equal(got.similarity, drawn[geometry])

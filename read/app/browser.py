@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from read.app.page import IDS
+from read.app.page import IDS, PENDING
 from read.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -224,6 +224,11 @@ def ask(page: Any, question: str, *, timeout_s: float = 300.0) -> float:
     start = time.perf_counter()
     page.click(f"#{IDS['ask']}")
     page.wait_for_function(f"() => (window.readAnswered || 0) > {done}", timeout=timeout_s * 1000)
+    page.wait_for_function(  # the answer's own status line, not the one shown while answering
+        "([el, pending]) => document.querySelector(el).innerText.trim() !== pending",
+        arg=[f"#{IDS['status']}", PENDING],
+        timeout=timeout_s * 1000,
+    )
     for key in ("overlay", "similarity"):  # pictures shown: wait until the browser has decoded them
         page.wait_for_function(
             f"() => Array.from(document.querySelectorAll('#{IDS[key]} img')).every(i => i.complete)",

@@ -8,6 +8,7 @@ and the page says only that the server failed.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -36,6 +37,10 @@ IDS = {
     "t_neg": "read-t-neg",
     "down_sample": "read-down-sample",
 }
+# The status line while a question is being answered; the outputs of the previous answer are cleared meanwhile, so
+# that no picture of an earlier question is taken for the answer to this one.
+PENDING = "Answering ..."
+CLEAR_JS = "() => [" + json.dumps(PENDING) + ", '', null, null, null]"
 # Run in the browser after each answer is on the page: a count that automated clients (the browser test,
 # scripts/bench_app.py) wait on.
 COUNT_ANSWERS_JS = "() => { window.readAnswered = (window.readAnswered || 0) + 1; }"
@@ -97,7 +102,7 @@ def build_page(
                     lines=2, label="Question", placeholder="Which object ...?", elem_id=IDS["question"]
                 )
                 ask = gr.Button("Ask", variant="primary", elem_id=IDS["ask"])
-                with gr.Accordion("SasP settings (similarity as points)", open=False):
+                with gr.Accordion("SasP settings (similarity as points)", open=True):
                     enabled = gr.Checkbox(
                         value=s.enabled, label="SasP on (off: SAM gets the [SEG] embedding only, as LISA)",
                         elem_id=IDS["sasp_enabled"],
@@ -153,9 +158,9 @@ def build_page(
         inputs = [image, question, enabled, num_points, t_pos, t_neg, down_sample]
         outputs = [status, answer, overlay, similarity, masks]
         for trigger in (ask.click, question.submit):
-            trigger(respond, inputs, outputs, concurrency_limit=1, show_progress="minimal").then(
-                None, None, None, js=COUNT_ANSWERS_JS
-            )
+            trigger(None, None, outputs, js=CLEAR_JS, queue=False, show_progress="hidden").then(
+                respond, inputs, outputs, concurrency_limit=1, show_progress="minimal"
+            ).then(None, None, None, js=COUNT_ANSWERS_JS)
     return page
 
 

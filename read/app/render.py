@@ -73,7 +73,9 @@ def mask_edge(mask: np.ndarray) -> np.ndarray:
     return mask & ~inner
 
 
-def similarity_panels(image: np.ndarray, pred: Prediction, clip_size: int) -> np.ndarray | None:
+def similarity_panels(
+    image: np.ndarray, pred: Prediction, clip_size: int, geometry: str = "reference"
+) -> np.ndarray | None:
     """The similarity map of every ``[SEG]`` over the image, with its SasP points (positive green, negative red,
     neutral grey), left to right in answer order and separated by white bars.
 
@@ -81,6 +83,7 @@ def similarity_panels(image: np.ndarray, pred: Prediction, clip_size: int) -> np
         image: (H, W, 3) uint8 RGB, the image the prediction is about.
         pred: the prediction; ``pred.similarity`` is (k, N), empty when SasP was off.
         clip_size: CLIP input side (``cfg.model.vision.image_size``), to undo its centre crop.
+        geometry: how the crop is undone, as the SasP module that made the points ("reference" or "clip").
 
     Returns:
         (H, k * W + (k - 1) * SEPARATOR, 3) uint8, or None when there is no map (no ``[SEG]``, or SasP off).
@@ -95,7 +98,9 @@ def similarity_panels(image: np.ndarray, pred: Prediction, clip_size: int) -> np
         if j:
             panels.append(bar)
         panels.append(
-            similarity_heatmap(image, pred.similarity[j], clip_size, pred.point_coords[j], pred.point_labels[j])
+            similarity_heatmap(
+                image, pred.similarity[j], clip_size, pred.point_coords[j], pred.point_labels[j], geometry=geometry
+            )
         )
     return np.concatenate(panels, axis=1)
 

@@ -179,14 +179,15 @@ class DemoService:
                     f"{self.max_new_tokens}, but the model reads at most {self.max_positions}; shorten it"
                 )
             try:
-                with _sasp_settings(self.model, settings, self.clip_size):
+                with _sasp_settings(self.model, settings, self.clip_size) as prompter:
                     pred = self.predictor.predict(question)
             except ValueError as e:  # e.g. the question contains the image placeholder
                 raise DemoInputError(str(e)) from e
             image = self.predictor.image
             assert image is not None
             overlay = masks_overlay(image, pred.masks)
-            similarity = similarity_panels(image, pred, self.clip_size)
+            geometry = prompter.geometry if prompter is not None else self.model.config.sasp.geometry
+            similarity = similarity_panels(image, pred, self.clip_size, geometry)
             mask_files = write_mask_pngs(pred.masks, self._answer_dir(), Path(image_path).stem or "image")
             seconds = time.perf_counter() - start
         found = bool(pred.masks.shape[0] and pred.masks.any())
@@ -234,22 +235,21 @@ def _status(masks: np.ndarray, seconds: float) -> str:
 
 
 @contextlib.contextmanager
-def _sasp_settings(model: ReadModel, settings: SaspSettings, clip_size: int) -> Iterator[None]:
-    """Run the model with ``settings`` in place of its own SasP module, and put its own back afterwards."""
+def _sasp_settings(model: ReadModel, settings: SaspSettings, clip_size: int) -> Iterator[SasP | None]:
+    """Run the model with ``settings`` in place of its own SasP module (yielded; None when off), and put its own
+    back afterwards."""
     own = model.point_prompter
-    if not settings.enabled:
-        prompter = None
-    else:
-        if own is not None:
-            prompter = copy.copy(own)  # keeps any setting the page does not show
-        else:  # a model trained without SasP: its config still holds the SasP section
-            prompter = SasP.from_config(model.config.sasp, clip_size)
+    prompter: SasP | None = None
+    if settings.enabled:
+        # A copy keeps the settings the page does not show (crop geometry, DtoC radius); a model trained without
+        # SasP still has the sasp section in its config.
+        prompter = copy.copy(own) if own is not None else SasP.from_config(model.config.sasp, clip_size)
         prompter.num_points = settings.num_points
         prompter.t_pos = settings.t_pos
         prompter.t_neg = settings.t_neg
         prompter.down_sample = settings.down_sample
     model.point_prompter = prompter
     try:
-        yield
+        yield prompter
     finally:
         model.point_prompter = own
