@@ -8,6 +8,9 @@ The page takes an uploaded (or example) image and a question and shows the answe
 colour, the similarity maps with the SasP points, and the mask PNGs to download; the SasP settings can be changed
 per question. Requests are served one at a time from a bounded queue. Models load as in chat.py
 (read.model.load_model, then the device, precision and 4/8-bit quantisation chat.py applies).
+
+A start-up error a user can fix (no quickstart model, a missing or broken model, a bad examples folder, a taken port)
+ends with one line ``error: ...`` and exit status 1; ``--debug`` shows its traceback.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # the page never contacts anything but its users
 
 from read.app.discovery import collect_examples, newest_quickstart_model, validation_examples_dir  # noqa: E402
-from read.errors import UserError  # noqa: E402
+from read.cli import add_debug_flag, run_main  # noqa: E402
+from read.data.conversation import CONV_TEMPLATES  # noqa: E402
+from read.errors import ConfigError  # noqa: E402
 from read.model.dtypes import PRECISIONS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
@@ -38,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--load_in_8bit", action="store_true", help="8-bit LM weights via bitsandbytes (GPU)")
     p.add_argument("--load_in_4bit", action="store_true", help="4-bit LM weights via bitsandbytes (GPU)")
-    p.add_argument("--conv_type", default="llava_v1", help="conversation template (llava_v1, vicuna_v1, llava_llama_2)")
+    p.add_argument("--conv_type", default="llava_v1", choices=sorted(CONV_TEMPLATES), help="conversation template")
     p.add_argument("--max_new_tokens", type=int, default=128, help="generation budget per answer")
     p.add_argument("--sasp", nargs="*", default=[], metavar="KEY=VALUE",
                    help="SasP settings the page starts with, e.g. num_points=60")
@@ -51,6 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--queue_size", type=int, default=16, help="questions waiting at most; more are turned away")
     p.add_argument("--max_question_chars", type=int, default=1000, help="longer questions are refused")
     p.add_argument("--cache_images", type=int, default=8, help="images whose encodings are kept in memory")
+    add_debug_flag(p)
     args = p.parse_args(argv)
     if args.load_in_8bit and args.load_in_4bit:
         p.error("choose one of --load_in_8bit / --load_in_4bit")
@@ -73,24 +79,20 @@ def _shown(path: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if args.model is None:
-            args.model = _shown(newest_quickstart_model(ROOT))
-            print(f"using the newest quickstart model: {args.model} (pass --model to choose another)", flush=True)
-        model_dir = Path(args.model)
-        folders = [Path(d) for d in args.examples]
-        if not args.released:
-            val = validation_examples_dir(model_dir, ROOT)  # the quickstart's synthetic validation images
-            if val is not None:
-                folders.insert(0, val)
-        examples = [e for folder in folders for e in collect_examples(folder, args.num_examples)]
+    if args.model is None:
+        args.model = _shown(newest_quickstart_model(ROOT))
+        print(f"using the newest quickstart model: {args.model} (pass --model to choose another)", flush=True)
+    model_dir = Path(args.model)
+    folders = [Path(d) for d in args.examples]
+    if not args.released:
+        val = validation_examples_dir(model_dir, ROOT)  # the quickstart's synthetic validation images
+        if val is not None:
+            folders.insert(0, val)
+    examples = [e for folder in folders for e in collect_examples(folder, args.num_examples)]
 
-        from chat import load
+    from chat import load  # the same loading as chat.py: read.model.load_model, device, precision, 4/8-bit
 
-        model, tokenizer = load(args)
-    except (UserError, FileNotFoundError, ValueError, ImportError, RuntimeError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    model, tokenizer = load(args)
 
     from read.app.page import CSS, build_page, theme
     from read.app.service import DemoService
@@ -99,21 +101,19 @@ def main(argv: list[str] | None = None) -> int:
         model, tokenizer, conv_type=args.conv_type, max_new_tokens=args.max_new_tokens,
         max_question_chars=args.max_question_chars, cache_images=args.cache_images,
     )
-    page = build_page(service, examples, model_name=str(model_dir))
-    page.queue(max_size=args.queue_size, default_concurrency_limit=1)
     try:
-        page.launch(
-            server_name=args.host, server_port=args.port, share=args.share, theme=theme(), css=CSS,
-            allowed_paths=[str(f.resolve()) for f in folders], show_error=False, quiet=True,
-            prevent_thread_lock=True,
-        )
-    except OSError as e:  # e.g. the port is taken
-        service.close()
-        print(f"error: cannot serve on {args.host}:{args.port}: {e}; choose another --port", file=sys.stderr)
-        return 2
-    print(f"serving {page.local_url}" + (f" and {page.share_url}" if page.share_url else "") + "; Ctrl-C stops",
-          flush=True)
-    try:
+        page = build_page(service, examples, model_name=str(model_dir))
+        page.queue(max_size=args.queue_size, default_concurrency_limit=1)
+        try:
+            page.launch(
+                server_name=args.host, server_port=args.port, share=args.share, theme=theme(), css=CSS,
+                allowed_paths=[str(f.resolve()) for f in folders], show_error=False, quiet=True,
+                prevent_thread_lock=True,
+            )
+        except OSError as e:  # e.g. the port is taken
+            raise ConfigError(f"cannot serve on {args.host}:{args.port}: {e}; choose another --port") from e
+        print(f"serving {page.local_url}" + (f" and {page.share_url}" if page.share_url else "") + "; Ctrl-C stops",
+              flush=True)
         page.block_thread()
     finally:
         service.close()
@@ -121,4 +121,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

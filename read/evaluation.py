@@ -17,8 +17,17 @@ Per-query results are *records* (plain dicts, see :func:`query_record`). With an
 appends its records to ``<output_dir>/parts/rank<r>.jsonl`` after each batch; at the end the records are merged
 into ``<output_dir>/predictions.jsonl`` (sorted, one line per query, the predicted mask as COCO RLE). A rerun with
 the same ``output_dir`` skips every image whose records are already there (an interrupted run resumes; a torn last
-line from a killed process is discarded and its image evaluated again). ``vis=N`` draws the first N images under
-``<output_dir>/vis/`` (image | ground truth | prediction | similarity map with the SasP points).
+line from a killed process is discarded and its image evaluated again), provided the records come from the same
+evaluation: ``<output_dir>/run.json`` holds a fingerprint of everything that determines them (the settings, the
+content of the data files, and whatever the caller adds: :func:`read.fingerprint.weights_fingerprint` of the model's
+files, prompts ...). When it differs, the run starts over, deleting the earlier records and pictures, and says why
+in one warning line (``EvalResult.restart_reason``). ``vis=N`` draws the first N images under ``<output_dir>/vis/``
+(image | ground truth | prediction | similarity map with the SasP points).
+
+Ground truth. A query that refers to an object in the image (``meta["exists"]`` true, not a gRefCOCO no-target
+expression) must have a non-empty target mask: an empty target predicted empty would score IoU 1. The evaluation
+datasets check this when they are built (``read.data.eval_sets``); a row that still has one stops the evaluation
+with an error naming its image. Rows longer than the language model's context are refused the same way.
 
 Distributed: with an initialised ``torch.distributed`` process group (torchrun / deepspeed launch, gloo or nccl;
 with nccl the current CUDA device must be set) each process takes every ``world_size``-th pending image (no image
@@ -43,7 +52,9 @@ from torch.utils.data import DataLoader
 
 from read.batch import ReadBatch
 from read.data.collate import ReadCollator
-from read.data.sample import Sample
+from read.data.sample import DataError, InvalidAnnotation, Sample
+from read.errors import FileFormatError
+from read.fingerprint import DIGEST_CACHE, DigestCache, describe_change, files_fingerprint
 from read.metrics import IGNORE_VALUE, SegmentationMeter, existence_accuracy, intersection_union
 from read.model.read_model import ReadModel, ReadOutput
 from read.tokenizer import ReadTokenizer
@@ -54,7 +65,6 @@ __all__ = [
     "EvalConfig",
     "EvalResult",
     "MODES",
-    "ResumeMismatchError",
     "evaluate",
     "format_table",
     "gather_records",
@@ -93,6 +103,8 @@ class EvalConfig:
         conv_type: conversation template: "llava_v1" (training, ReasonSeg/RefCOCO parity) or "vicuna_v1"
             (FP-RefCOCO parity, SPEC 4.4).
         max_new_tokens: generation budget per row (the reference uses 512).
+        kv_cache: generation decodes with a KV cache (default); False re-encodes the whole sequence at every step
+            as the reference does (same records, many times slower; for speed comparisons).
         num_workers: DataLoader worker processes for reading and preprocessing images.
         output_dir: where per-query records, predictions and pictures go; None keeps everything in memory (no
             resume).
@@ -106,6 +118,7 @@ class EvalConfig:
     batch_size: int = 1
     conv_type: str = "llava_v1"
     max_new_tokens: int = 512
+    kv_cache: bool = True
     num_workers: int = 0
     output_dir: str | None = None
     resume: bool = True
@@ -134,6 +147,8 @@ class EvalResult:
         records: the light per-query records of the whole split, sorted by (image index, query index).
         evaluated: images evaluated by this call (all processes of the group; resumed ones excluded).
         resumed: images taken from an earlier run's records.
+        restart_reason: why the records found in ``output_dir`` were discarded (None when there were none, they
+            were resumed, or ``resume`` was off).
     """
 
     mode: str
@@ -141,10 +156,7 @@ class EvalResult:
     records: list[dict[str, Any]] = field(repr=False)
     evaluated: int = 0
     resumed: int = 0
-
-
-class ResumeMismatchError(ValueError):
-    """``output_dir`` holds records of an evaluation with other settings."""
+    restart_reason: str | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -247,7 +259,7 @@ def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
             try:
                 yield json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not a JSON record ({e}); delete the file to start over") from e
+                raise FileFormatError(f"{path}:{n}: not a JSON record ({e}); delete the file to start over") from e
 
 
 def load_records(output_dir: str | Path) -> list[dict[str, Any]]:
@@ -402,9 +414,12 @@ class _IndexedSamples(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> Sample:
+    def __getitem__(self, i: int) -> Sample | DataError:
         index = self.indices[i]
-        sample = self.dataset[index]
+        try:
+            sample = self.dataset[index]
+        except DataError as e:  # handed to the main process as is (see _CollateOrError)
+            return e
         if not sample.queries:
             raise ValueError(f"{sample.image_path}: evaluation image {index} has no query")
         for j, q in enumerate(sample.queries):
@@ -412,8 +427,38 @@ class _IndexedSamples(torch.utils.data.Dataset):
         return sample
 
 
+class _CollateOrError:
+    """The collator, except that a data error (raised here, or returned by ``_IndexedSamples`` for a sample) is
+    returned instead of raised. A DataLoader worker would wrap a raised error in its own traceback; returned, it
+    reaches the evaluation loop unchanged and is raised there with its one-line message."""
+
+    def __init__(self, collator: ReadCollator) -> None:
+        self.collator = collator
+
+    def __call__(self, items: list[Sample | DataError]) -> ReadBatch | DataError:
+        for item in items:
+            if isinstance(item, DataError):
+                return item
+        try:
+            return self.collator(items)
+        except DataError as e:
+            return e
+
+
 def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def _check_context(batch: ReadBatch, context: int) -> None:
+    """Refuse rows longer than the language model's context (positions beyond it give meaningless states)."""
+    lengths = batch.attention_mask.sum(dim=1)
+    too_long = (lengths > context).nonzero().flatten().tolist()
+    if too_long:
+        r = too_long[0]
+        raise DataError(
+            f"{batch.meta[r].get('image_path')}: the prompt is {int(lengths[r])} tokens (image tokens included), "
+            f"longer than the model's context of {context} (model.text.max_position_embeddings)"
+        )
 
 
 def _score_batch(
@@ -431,6 +476,7 @@ def _score_batch(
             max_new_tokens=cfg.max_new_tokens,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
+            use_cache=cfg.kv_cache,
         )
     records = []
     for r, meta in enumerate(batch.meta):
@@ -463,6 +509,11 @@ def _score_batch(
                 extra["points"] = [[round(float(v), 3) for v in p] for p in out.point_coords[r][0].tolist()]
                 extra["point_labels"] = [int(v) for v in out.point_labels[r][0].tolist()]
         gt_exists = meta.get("exists")
+        if gt is not None and gt_exists and not meta.get("no_target") and not (gt == 1).any():
+            raise InvalidAnnotation(
+                f"{meta.get('image_path')}: the query {meta.get('query')!r} refers to an object, but its ground-truth "
+                "mask is empty (an empty prediction would score IoU 1); fix the annotation or leave it out"
+            )
         records.append(
             query_record(
                 key=f"{meta['_index']}/{meta['_query']}",
@@ -481,9 +532,18 @@ def _score_batch(
 
 
 def _write_pictures(
-    records: list[dict[str, Any]], batch: ReadBatch, out: ReadOutput, directory: Path, clip_size: int, limit: int
+    records: list[dict[str, Any]],
+    batch: ReadBatch,
+    out: ReadOutput,
+    directory: Path,
+    clip_size: int,
+    limit: int,
+    geometry: str,
 ) -> None:
-    """One PNG per row of the first ``limit`` images: image | ground truth | prediction | similarity + points."""
+    """One PNG per row of the first ``limit`` images: image | ground truth | prediction | similarity + points.
+
+    ``geometry`` is the model's ``sasp.geometry``: the heat map undoes the CLIP crop the way SasP placed the points.
+    """
     from read.data.transforms import load_image
     from read.viz import draw_points, mask_overlay, save_png, similarity_heatmap
 
@@ -499,7 +559,12 @@ def _write_pictures(
         if logits.shape[0] and out.similarity[r].shape[-1] > 0:
             panels.append(
                 similarity_heatmap(
-                    image, out.similarity[r][0], clip_size, out.point_coords[r][0], out.point_labels[r][0]
+                    image,
+                    out.similarity[r][0],
+                    clip_size,
+                    out.point_coords[r][0],
+                    out.point_labels[r][0],
+                    geometry=geometry,
                 )
             )
         elif logits.shape[0] and out.point_coords[r].shape[1] > 0:
@@ -526,8 +591,9 @@ def evaluate(
         dataset: an evaluation dataset (``read.data.eval_sets``) built for the mode: ``generation=True`` for
             "generate", False for "teacher"; ``len()`` and ``[i] -> Sample``.
         config: settings; default ``EvalConfig()`` (teacher forcing, batch 1, nothing written).
-        fingerprint: JSON-ready settings that must not change between an interrupted run and its resumption
-            (model path, prompts ...); stored in ``<output_dir>/run.json`` together with :func:`run_fingerprint`.
+        fingerprint: JSON-ready values that determine the records besides what :func:`run_fingerprint` covers (the
+            weights' content, prompts ...); stored in ``<output_dir>/run.json`` with it. Records of a run with
+            another fingerprint are not resumed: the run starts over.
         rank, world_size: shard by hand without a process group (this call then scores its own shard only, in
             memory; merge the shards' records with :func:`merge_records` and :func:`summarize`). Leave None under
             torchrun.
@@ -541,7 +607,7 @@ def evaluate(
     if out_dir is not None and world_size > 1 and not gather:
         raise ValueError("shards run by hand (rank/world_size without a process group) cannot share an output_dir")
 
-    previous = _resume(model, dataset, cfg, out_dir, rank, fingerprint)
+    previous, restart_reason = _resume(model, dataset, cfg, out_dir, rank, gather, fingerprint)
     done = complete_images(previous)
     previous = [_light(r) for r in previous if r["index"] in done]
     _barrier()  # nobody writes before every rank has read the same records
@@ -555,7 +621,7 @@ def evaluate(
         if out_dir is not None:
             _finalize_files(out_dir)
         evaluated = len({r["index"] for r in new_records})
-        return EvalResult(cfg.mode, summarize(records, cfg.mode), records, evaluated, len(done))
+        return EvalResult(cfg.mode, summarize(records, cfg.mode), records, evaluated, len(done), restart_reason)
     gathered = gather_records(new_records)
     payload = None
     if rank == 0:
@@ -565,7 +631,7 @@ def evaluate(
         evaluated = len({r["index"] for rank_records in gathered for r in rank_records})
         payload = (summarize(records, cfg.mode), records, evaluated)
     scores, records, evaluated = _broadcast(payload)
-    return EvalResult(cfg.mode, scores, records, evaluated, len(done))
+    return EvalResult(cfg.mode, scores, records, evaluated, len(done), restart_reason)
 
 
 def _resume(
@@ -574,20 +640,29 @@ def _resume(
     cfg: EvalConfig,
     out_dir: Path | None,
     rank: int,
+    gather: bool,
     fingerprint: dict[str, Any] | None,
-) -> list[dict[str, Any]]:
-    """Check and write the run fingerprint; return the records an earlier run left in ``out_dir``."""
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Compare and write the run fingerprint; return the records an earlier run of the same evaluation left in
+    ``out_dir`` and, when records of another evaluation were found, why they are discarded."""
     if out_dir is None:
-        return []
-    expected = {**run_fingerprint(model, dataset, cfg), **(fingerprint or {})}
-    previous: list[dict[str, Any]] = []
-    if cfg.resume:
-        _check_fingerprint(out_dir, expected)
-        previous = load_records(out_dir)
+        return [], None
+    decision = None
+    if rank == 0:  # one process hashes the files; the others get its verdict
+        expected = {**run_fingerprint(model, dataset, cfg, DigestCache(out_dir / DIGEST_CACHE)), **(fingerprint or {})}
+        reason = _fingerprint_change(out_dir, expected) if cfg.resume else None
+        decision = (expected, reason)
+    if gather:
+        decision = _broadcast(decision)
+    expected, reason = decision
+    fresh = not cfg.resume or reason is not None
+    if reason is not None and rank == 0:
+        logger.warning("%s: %s; starting over", out_dir, reason)
+    previous = [] if fresh else load_records(out_dir)
     _barrier()  # every rank has read the files before rank 0 touches them
     if rank == 0:
-        _start_output_dir(out_dir, expected, fresh=not cfg.resume)
-    return previous
+        _start_output_dir(out_dir, expected, fresh=fresh)
+    return previous, reason
 
 
 def _run_shard(
@@ -616,7 +691,7 @@ def _run_shard(
         batch_size=cfg.batch_size,
         shuffle=False,
         num_workers=cfg.num_workers,
-        collate_fn=collator,
+        collate_fn=_CollateOrError(collator),
     )
     part = None
     if out_dir is not None:
@@ -635,9 +710,20 @@ def _run_shard(
     try:
         with torch.no_grad():
             for batch in loader:
+                if isinstance(batch, DataError):
+                    raise batch
+                _check_context(batch, model_cfg.text.max_position_embeddings)
                 records, out = _score_batch(model, batch, tokenizer, cfg)
                 if out_dir is not None and cfg.vis and any(r["index"] < cfg.vis for r in records):
-                    _write_pictures(records, batch, out, out_dir / VIS_DIR, model_cfg.vision.image_size, cfg.vis)
+                    _write_pictures(
+                        records,
+                        batch,
+                        out,
+                        out_dir / VIS_DIR,
+                        model_cfg.vision.image_size,
+                        cfg.vis,
+                        model.config.sasp.geometry,
+                    )
                 if part is not None:  # one write per batch, flushed: a kill loses at most this batch
                     part.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
                     part.flush()
@@ -653,40 +739,54 @@ def _run_shard(
     return new_records
 
 
-def run_fingerprint(model: ReadModel, dataset: Any, cfg: EvalConfig) -> dict[str, Any]:
-    """The settings an interrupted run must be resumed with: mode, template, SasP, dtype, dataset identity."""
+def run_fingerprint(
+    model: ReadModel, dataset: Any, cfg: EvalConfig, cache: DigestCache | None = None
+) -> dict[str, Any]:
+    """What determines the records apart from the weights: mode, template, SasP, dtype, device type, the dataset's
+    identity and settings (``dataset.settings()``) and the content of its files (``dataset.source_files()``, see
+    :func:`read.fingerprint.files_fingerprint`; digests cached in ``cache``)."""
+    param = next(model.parameters())
     info: dict[str, Any] = {
         "mode": cfg.mode,
         "conv_type": cfg.conv_type,
         "dataset": getattr(dataset, "name", type(dataset).__name__),
         "num_images": len(dataset),
         "sasp": asdict(model.config.sasp),
-        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "dtype": str(param.dtype).replace("torch.", ""),
+        "device": param.device.type,
     }
     if cfg.mode == "generate":
         info["max_new_tokens"] = cfg.max_new_tokens
+    if hasattr(dataset, "settings"):
+        info["dataset_settings"] = dataset.settings()
+    if hasattr(dataset, "source_files"):
+        cache = cache or DigestCache()
+        info["data"] = files_fingerprint(dataset.source_files(), dataset.root, cache)
+        cache.save()
     return json.loads(json.dumps(info))  # the JSON round trip makes it comparable with the stored copy
 
 
-def _check_fingerprint(out_dir: Path, expected: dict[str, Any]) -> None:
+def _fingerprint_change(out_dir: Path, expected: dict[str, Any]) -> str | None:
+    """Why the records in ``out_dir`` cannot be resumed (None when they can, or when there are none)."""
     path = out_dir / FINGERPRINT_FILE
+    if not ((out_dir / PREDICTIONS_FILE).is_file() or any((out_dir / PARTS_DIR).glob("*.jsonl"))):
+        return None  # nothing to resume or to discard
     if not path.is_file():
-        return
-    stored = json.loads(path.read_text())
-    diff = sorted(k for k in set(stored) | set(expected) if stored.get(k) != expected.get(k))
-    if diff:
-        details = ", ".join(f"{k}: {stored.get(k)!r} -> {expected.get(k)!r}" for k in diff)
-        raise ResumeMismatchError(
-            f"{out_dir} holds results of an evaluation with other settings ({details}); "
-            "use another output directory or start over without resuming"
-        )
+        return f"records without their {FINGERPRINT_FILE}, so their origin is unknown"
+    try:
+        stored = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return f"unreadable {FINGERPRINT_FILE}"
+    change = describe_change(stored if isinstance(stored, dict) else {}, expected)
+    return f"its records come from another evaluation ({change})" if change else None
 
 
 def _start_output_dir(out_dir: Path, fingerprint: dict[str, Any], fresh: bool) -> None:
     """Write the fingerprint; on a fresh start remove earlier records and pictures."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if fresh:
-        for path in [out_dir / PREDICTIONS_FILE, *(out_dir / PARTS_DIR).glob("*.jsonl")]:
+        stale = [out_dir / PREDICTIONS_FILE, *(out_dir / PARTS_DIR).glob("*.jsonl"), *(out_dir / VIS_DIR).glob("*.png")]
+        for path in stale:
             path.unlink(missing_ok=True)
     (out_dir / FINGERPRINT_FILE).write_text(json.dumps(fingerprint, indent=2) + "\n")
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +26,19 @@ from read.constants import IMAGE_TOKEN
 from read.data.collate import ReadCollator
 from read.data.sample import Query, Sample, empty_masks, single_turn
 from read.data.transforms import PreprocessedImage, load_image
+from read.errors import UserError
 from read.model.read_model import ReadModel
 from read.tokenizer import ReadTokenizer
+
+logger = logging.getLogger(__name__)
+
+
+class PromptTooLongError(UserError, ValueError):
+    """The question does not fit the language model's context together with the image and the template."""
+
+
+class QueryError(UserError, ValueError):
+    """A question that cannot be asked (empty, or containing the image placeholder)."""
 
 
 @dataclass
@@ -166,22 +178,28 @@ class ReadPredictor:
     def predict(self, query: str) -> Prediction:
         """Answer ``query`` about the current image.
 
+        The prompt (template, image tokens and question) must leave room in the language model's context
+        (``model.text.max_position_embeddings``) for at least one new token; when it leaves less than
+        ``max_new_tokens``, the answer is limited to what fits, with a warning.
+
         Raises:
             RuntimeError: no image was set.
-            ValueError: the query is empty or contains ``<image>``.
+            QueryError: the query is empty or contains ``<image>``.
+            PromptTooLongError: the question is too long for the model's context.
         """
         if self.image is None:
             raise RuntimeError("no image: call set_image(...) first")
         query = query.strip()
         if not query:
-            raise ValueError("the query is empty: ask something about the image")
+            raise QueryError("the query is empty: ask something about the image")
         if IMAGE_TOKEN in query:
-            raise ValueError(f"the query must not contain {IMAGE_TOKEN!r}; the image is inserted automatically")
+            raise QueryError(f"the query must not contain {IMAGE_TOKEN!r}; the image is inserted automatically")
         batch = self._batch(query).to(self.device)
+        max_new_tokens = self._generation_budget(query, int(batch.input_ids.shape[1]))
         with torch.no_grad():
             new_tokens, out = self.model.generate(
                 batch,
-                max_new_tokens=self.max_new_tokens,
+                max_new_tokens=max_new_tokens,
                 eos_token_id=self.tokenizer.eos_token_id,
                 pad_token_id=self.tokenizer.pad_token_id,
                 image_features=self._features,
@@ -199,6 +217,24 @@ class ReadPredictor:
             point_labels=out.point_labels[0].detach().cpu().numpy(),
             similarity=out.similarity[0].detach().float().cpu().numpy(),
         )
+
+
+    def _generation_budget(self, query: str, prompt_length: int) -> int:
+        """``max_new_tokens``, lowered to what the context leaves after a prompt of ``prompt_length`` tokens."""
+        context = self.model.config.model.text.max_position_embeddings
+        room = context - prompt_length
+        if room >= self.max_new_tokens:
+            return self.max_new_tokens
+        question = len(self.tokenizer.encode(query, add_bos=False))
+        if room < 1:
+            raise PromptTooLongError(
+                f"the question is {question} tokens; with the image and the conversation template the prompt is "
+                f"{prompt_length} tokens, more than the model's context of {context} tokens allows; shorten the "
+                f"question to at most {max(0, question + room - 1)} tokens"
+            )
+        logger.warning("the prompt is %d tokens of the model's %d: the answer is limited to %d new tokens instead of "
+                       "%d", prompt_length, context, room, self.max_new_tokens)  # fmt: skip
+        return room
 
 
 def _pixels_key(image: np.ndarray) -> str:

@@ -9,6 +9,7 @@ import socket
 import pytest
 
 import app
+from read.cli import run_main
 from read.app.discovery import collect_examples, newest_quickstart_model, validation_examples_dir
 from read.errors import UserError
 
@@ -68,17 +69,19 @@ def test_collect_examples_reads_reasonseg_questions(tmp_path):
 
 def test_no_model_and_no_quickstart_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(app, "ROOT", tmp_path)
-    assert app.main([]) == 2
+    assert run_main(app.main, []) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: no --model given and no quickstart model under ")
     assert "bash scripts/quickstart.sh" in err[0]
 
 
 def test_bad_model_and_examples_are_one_line(tmp_path, capsys):
-    assert app.main(["--model", str(tmp_path / "missing")]) == 2
+    assert run_main(app.main, ["--model", str(tmp_path / "missing")]) == 1
     assert capsys.readouterr().err.strip() == f"error: --model {tmp_path / 'missing'} is not a directory"
-    assert app.main(["--model", str(tmp_path), "--examples", str(tmp_path / "nope")]) == 2
+    assert run_main(app.main, ["--model", str(tmp_path), "--examples", str(tmp_path / "nope")]) == 1
     assert capsys.readouterr().err.strip() == f"error: --examples {tmp_path / 'nope'} is not a directory"
+    with pytest.raises(UserError, match="is not a directory"):  # --debug: the traceback instead of one line
+        run_main(app.main, ["--model", str(tmp_path / "missing"), "--debug"])
 
 
 def test_argument_checks():
@@ -101,7 +104,7 @@ def test_taken_port_is_one_line(tmp_path, tiny_tokenizer, capsys):
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        assert app.main(["--model", str(tmp_path / "m"), "--port", str(port)]) == 2
+        assert run_main(app.main, ["--model", str(tmp_path / "m"), "--port", str(port)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: cannot serve on 127.0.0.1:{port}: ")
     assert err[0].endswith("choose another --port")

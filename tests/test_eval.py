@@ -9,13 +9,14 @@ twice; generation mode's existence / empty-mask rules; the CLI's outputs and err
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from fixtures import write_fprefcoco, write_refcoco
+from fixtures import rect_polygon, write_fprefcoco, write_refcoco
 from test_eval_support import (
     emit_seg_for_some,
     reference_counts,
@@ -25,6 +26,7 @@ from test_eval_support import (
 )
 from read.data.collate import ReadCollator
 from read.data.eval_sets import build_eval_dataset
+from read.data.sample import DataError, InvalidAnnotation
 from read.evaluation import (
     EvalConfig,
     complete_images,
@@ -279,13 +281,56 @@ def test_interrupted_run_resumes_without_repeating_images(model, tiny_tokenizer,
         handle.remove()
 
 
-def test_resume_refuses_other_settings(model, tiny_tokenizer, teacher_set, teacher_bs1):
-    _, out = teacher_bs1
-    cfg = EvalConfig(conv_type="vicuna_v1", output_dir=str(out))
-    with pytest.raises(ValueError, match=r"other settings \(conv_type: 'llava_v1' -> 'vicuna_v1'\)"):
-        evaluate(model, tiny_tokenizer, teacher_set, cfg)
-    with pytest.raises(ValueError, match=r"model: None -> 'other'"):
-        evaluate(model, tiny_tokenizer, teacher_set, EvalConfig(output_dir=str(out)), fingerprint={"model": "other"})
+def test_records_of_another_evaluation_are_not_resumed(model, tiny_tokenizer, teacher_set, teacher_bs1, tmp_path,
+                                                       caplog):  # fmt: skip
+    """Other settings or other weights: the run starts over (every image evaluated again, stale pictures
+    removed) and says why in one line."""
+    ref, ref_dir = teacher_bs1
+    out = tmp_path / "out"
+    shutil.copytree(ref_dir, out)
+    (out / "vis").mkdir()
+    (out / "vis" / "0_0.png").write_bytes(b"stale")
+    res = evaluate(model, tiny_tokenizer, teacher_set, EvalConfig(conv_type="vicuna_v1", output_dir=str(out)))
+    assert (res.resumed, res.evaluated) == (0, N_IMAGES)
+    assert res.restart_reason == "its records come from another evaluation (conv_type: 'llava_v1' -> 'vicuna_v1')"
+    assert f"{out}: {res.restart_reason}; starting over" in caplog.text
+    assert not (out / "vis" / "0_0.png").exists()
+    assert json.loads((out / "run.json").read_text())["conv_type"] == "vicuna_v1"
+
+    # the caller's part of the fingerprint (here the weights' digests) counts too; then the same again resumes
+    weights = {"weights": {"model/model.safetensors": "aaaa", "model/read_config.json": "bbbb"}}
+    res = evaluate(model, tiny_tokenizer, teacher_set, EvalConfig(output_dir=str(out)), fingerprint=weights)
+    assert res.restart_reason.endswith("(conv_type: 'vicuna_v1' -> 'llava_v1', weights not recorded)")
+    assert res.records == ref.records
+    weights["weights"]["model/model.safetensors"] = "cccc"
+    res = evaluate(model, tiny_tokenizer, teacher_set, EvalConfig(output_dir=str(out)), fingerprint=weights)
+    assert res.restart_reason == "its records come from another evaluation (weights changed (model/model.safetensors))"
+    assert (res.resumed, res.evaluated) == (0, N_IMAGES)
+    res = evaluate(model, tiny_tokenizer, teacher_set, EvalConfig(output_dir=str(out)), fingerprint=weights)
+    assert (res.resumed, res.evaluated, res.restart_reason) == (N_IMAGES, 0, None)
+    assert res.scores == ref.scores
+
+
+def test_changed_data_files_are_not_resumed(model, tiny_tokenizer, tmp_path):
+    """The fingerprint covers the content of the annotations and images, not their paths."""
+    data = tmp_path / "data"
+    write_reason_seg_split(data, "val", 3)
+    out = tmp_path / "out"
+    first = evaluate(model, tiny_tokenizer, build_eval_dataset(str(data), "ReasonSeg", "val"),
+                     EvalConfig(output_dir=str(out)))  # fmt: skip
+    assert first.evaluated == 3
+    again = evaluate(model, tiny_tokenizer, build_eval_dataset(str(data), "ReasonSeg", "val"),
+                     EvalConfig(output_dir=str(out)))  # fmt: skip
+    assert (again.resumed, again.restart_reason) == (3, None)
+    ann = data / "reason_seg/ReasonSeg/val/img01.json"
+    content = json.loads(ann.read_text())
+    content["shapes"][0]["points"] = rect_polygon(1, 1, 9, 9)
+    ann.write_text(json.dumps(content))
+    changed = evaluate(model, tiny_tokenizer, build_eval_dataset(str(data), "ReasonSeg", "val"),
+                       EvalConfig(output_dir=str(out)))  # fmt: skip
+    assert changed.restart_reason == "its records come from another evaluation (data changed)"
+    assert (changed.resumed, changed.evaluated) == (0, 3)
+    assert changed.records[1]["gt_area"] == 81 != first.records[1]["gt_area"]
 
 
 def test_image_with_torn_records_is_evaluated_again_and_the_new_records_win(tiny_tokenizer, tmp_path):
@@ -317,3 +362,62 @@ def test_image_with_torn_records_is_evaluated_again_and_the_new_records_win(tiny
 def test_hand_sharding_cannot_share_an_output_dir(model, tiny_tokenizer, teacher_set, tmp_path):
     with pytest.raises(ValueError, match="cannot share an output_dir"):
         evaluate(model, tiny_tokenizer, teacher_set, EvalConfig(output_dir=str(tmp_path)), rank=0, world_size=2)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# ground truth and prompts the evaluation refuses
+
+
+class _EmptyTargetOf:
+    """A dataset wrapper whose image ``index`` has an all-zero target although its query refers to an object."""
+
+    def __init__(self, dataset, index: int) -> None:
+        self.dataset, self.index, self.name = dataset, index, dataset.name
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        sample = self.dataset[i]
+        if i == self.index:
+            sample.queries[0].masks = np.zeros_like(sample.queries[0].masks)
+        return sample
+
+
+@pytest.mark.parametrize("mode", ["teacher", "generate"])
+def test_empty_target_of_an_existing_object_stops_the_evaluation(mode, model, tiny_tokenizer, teacher_set,
+                                                                 generation_set):  # fmt: skip
+    """Scored, it would be IoU 1 for an empty prediction; the evaluation names the image instead."""
+    dataset = _EmptyTargetOf(teacher_set if mode == "teacher" else generation_set, 3)
+    message = r"img03\.jpg: the query 'What in this picture is like a cat on the mat\?' refers to an object, but its"
+    with pytest.raises(InvalidAnnotation, match=message + " ground-truth mask is empty"):
+        evaluate(model, tiny_tokenizer, dataset, EvalConfig(mode=mode, batch_size=2, max_new_tokens=1))
+
+
+def test_prompt_longer_than_the_context_is_refused(tiny_tokenizer, teacher_set):
+    """tiny_test.yaml has a 512-token context; a 64-token one cannot hold the 16 image tokens and the template."""
+    short = tiny_eval_model(tiny_tokenizer, "model.text.max_position_embeddings=64")
+    with pytest.raises(DataError, match=r"img00\.jpg: the prompt is \d+ tokens \(image tokens included\), longer than "
+                                        r"the model's context of 64"):
+        evaluate(short, tiny_tokenizer, teacher_set, EvalConfig(batch_size=2))
+
+
+@pytest.mark.parametrize("geometry", ["reference", "clip"])
+def test_vis_heat_map_uses_the_models_geometry(geometry, model, tiny_tokenizer, teacher_set, tmp_path, monkeypatch):
+    """The pictures of ``--vis`` undo the CLIP crop the way the model's SasP placed its points."""
+    import dataclasses
+
+    import read.viz
+
+    seen: list[str] = []
+    real = read.viz.similarity_heatmap
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["geometry"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(read.viz, "similarity_heatmap", spy)
+    monkeypatch.setattr(model.config, "sasp", dataclasses.replace(model.config.sasp, geometry=geometry))
+    evaluate(model, tiny_tokenizer, teacher_set, EvalConfig(batch_size=4, vis=3, output_dir=str(tmp_path)))
+    assert len(list((tmp_path / "vis").glob("*.png"))) >= 3
+    assert seen and set(seen) == {geometry}

@@ -3,9 +3,11 @@ counts, atomic checkpoints (simulated crashes), RNG state, the loop state."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ import pytest
 import torch
 
 from read.config import load_config
+from read.errors import DiskFullError
 from read.training import checkpoint as ckpt_mod
 from read.training.checkpoint import CheckpointManager, load_rng_state, resolve_checkpoint, save_rng_state
 from read.training.engine import build_deepspeed_config, resolve_precision
@@ -197,6 +200,53 @@ def test_a_crash_during_save_leaves_the_previous_checkpoint_intact(tmp_path, mon
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
         "best", "latest", "step_00000010", "step_00000050"
     ]  # fmt: skip
+
+
+def _failing_writer(error: BaseException):
+    def write(directory: Path) -> None:
+        (directory / "ds").mkdir()
+        (directory / "ds" / "weights.bin").write_text("partial")
+        raise error
+
+    return write
+
+
+def test_full_disk_during_save_says_so_and_keeps_the_previous_checkpoint(tmp_path):
+    m = CheckpointManager(tmp_path)
+    good = _save(m, 10, "good", is_best=True)
+    state = TrainState(global_step=20).to_dict()
+    with pytest.raises(DiskFullError) as err:
+        m.save(20, _failing_writer(OSError(errno.ENOSPC, "No space left on device")), state=state, meta={},
+               is_best=True)  # fmt: skip
+    message = str(err.value)
+    assert message.startswith(
+        f"no space left on device while writing checkpoint step_00000020 into {tmp_path / 'checkpoints'} ("
+    )
+    assert message.endswith(
+        f" MiB free); the previous checkpoint {good} is kept: free some space, then continue with --resume auto"
+    )
+    assert isinstance(err.value.__cause__, OSError) and err.value.__cause__.errno == errno.ENOSPC
+    # the partial save is gone (its space is given back), the previous checkpoint and both pointers are intact
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best", "latest", "step_00000010"]
+    assert m.latest() == m.best() == good and _payload(good) == "good"
+
+
+def test_a_torch_save_failure_on_a_full_disk_is_a_full_disk(tmp_path, monkeypatch):
+    """torch.save loses the errno ("unexpected pos ..."): with (almost) no free space left it is a full disk; with
+    space left it stays the error it is."""
+    m = CheckpointManager(tmp_path)
+    good = _save(m, 10, "good")
+    torch_error = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+    state = TrainState(global_step=20).to_dict()
+    usage = type(shutil.disk_usage(tmp_path))
+    monkeypatch.setattr(ckpt_mod.shutil, "disk_usage", lambda path: usage(10 * 2**30, 10 * 2**30, 0))
+    with pytest.raises(DiskFullError, match=r"no space left on device .* \(0 MiB free\); the previous checkpoint"):
+        m.save(20, _failing_writer(torch_error), state=state, meta={}, is_best=False)
+    monkeypatch.setattr(ckpt_mod.shutil, "disk_usage", lambda path: usage(10 * 2**30, 2**30, 9 * 2**30))
+    with pytest.raises(RuntimeError, match="unexpected pos") as err:
+        m.save(20, _failing_writer(torch_error), state=state, meta={}, is_best=False)
+    assert not isinstance(err.value, DiskFullError)
+    assert m.latest() == good
 
 
 def test_dangling_pointer_falls_back_to_the_newest_complete_checkpoint(tmp_path):

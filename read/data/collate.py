@@ -209,6 +209,7 @@ class ReadCollator:
             gt_masks=masks,
             meta=meta,
             query_ids=query_ids,
+            skipped_samples=sum(s.skipped for s in samples),
         )
         batch.validate()
         return batch

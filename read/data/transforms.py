@@ -30,6 +30,8 @@ __all__ = [
     "ImageLoadError",
     "PreprocessedImage",
     "ImagePreprocessor",
+    "check_complete",
+    "image_size",
     "load_image",
     "clip_preprocess",
     "sam_resized_size",
@@ -39,6 +41,37 @@ __all__ = [
 
 class ImageLoadError(DataError):
     """An image file is missing, unreadable or not an image; the message names the file."""
+
+
+_JPEG_START = b"\xff\xd8"
+_JPEG_SCAN = b"\xff\xda"  # start of scan: cannot occur inside entropy-coded data (0xFF bytes there are stuffed)
+_JPEG_END = b"\xff\xd9"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"IEND"
+# EXIF orientations that turn the picture by 90 degrees; OpenCV applies the orientation when it decodes.
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def check_complete(path: str, data: bytes) -> None:
+    """Raise :class:`ImageLoadError` if a JPEG or PNG file is cut short.
+
+    OpenCV decodes a truncated JPEG without an error (libjpeg fills the missing rows with grey and only prints
+    "Premature end of JPEG file", without the file name). A complete JPEG has an end-of-image marker after its last
+    scan; a complete PNG has an ``IEND`` chunk. Other formats are left to the decoder.
+
+    Arguments:
+        path: the file, for the message.
+        data: its bytes.
+    """
+    if data.startswith(_JPEG_START):
+        last_scan = data.rfind(_JPEG_SCAN)
+        if last_scan < 0 or data.find(_JPEG_END, last_scan + 2) < 0:
+            raise ImageLoadError(
+                f"{path}: truncated JPEG (no end-of-image marker after the image data); download or copy the file "
+                "again"
+            )
+    elif data.startswith(_PNG_SIGNATURE) and data.rfind(_PNG_END) < 0:
+        raise ImageLoadError(f"{path}: truncated PNG (no IEND chunk); download or copy the file again")
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
@@ -51,11 +84,15 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         (H, W, 3) uint8 RGB array.
 
     Raises:
-        ImageLoadError: the file does not exist or cannot be decoded.
+        ImageLoadError: the file does not exist, is truncated (:func:`check_complete`) or cannot be decoded.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ImageLoadError(f"{path} is a directory, not an image file")
     if not os.path.isfile(path):
         raise ImageLoadError(f"image file not found: {path}")
+    with open(path, "rb") as f:
+        check_complete(path, f.read())
     bgr = cv2.imread(path, cv2.IMREAD_COLOR)
     if bgr is not None and bgr.size > 0:
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
@@ -64,6 +101,24 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
             return np.asarray(im.convert("RGB")).copy()
     except Exception as e:  # PIL raises several unrelated exception types for broken files
         raise ImageLoadError(f"cannot decode image {path}: {type(e).__name__}: {e}") from e
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(H, W) of the array :func:`load_image` returns, read from the file header (no decoding).
+
+    Raises:
+        ImageLoadError: the file does not exist or its header is not an image's.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ImageLoadError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            orientation = im.getexif().get(0x0112, 1)
+    except Exception as e:  # PIL raises several unrelated exception types for broken files
+        raise ImageLoadError(f"cannot read the header of image {path}: {type(e).__name__}: {e}") from e
+    return (w, h) if orientation in _TRANSPOSING_ORIENTATIONS else (h, w)
 
 
 def _check_rgb(image: np.ndarray) -> None:

@@ -17,10 +17,11 @@ from torch import nn
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
 from read.config import ModelConfig, ReadConfig, fill_saved_defaults
+from read.errors import ConfigError, FileFormatError, MissingFileError
 from read.model.dtypes import resolve_dtype
 from read.model.read_model import ReadModel
 from read.model.sam import build_sam, load_sam_checkpoint
-from read.model.weights import load_state_dict_file
+from read.model.weights import load_checked_state_dict, load_state_dict_file
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ def build_from_base(cfg: ReadConfig, tokenizer: Any) -> ReadModel:
     initialised as ``cfg.model.new_token_init`` says. llava-hf's own ``<image>``/``<pad>`` rows are dropped.
     """
     if not cfg.model.llava_path or not Path(cfg.model.llava_path).is_dir():
-        raise FileNotFoundError(f"model.llava_path must be a local LLaVA directory, got {cfg.model.llava_path!r}")
+        raise MissingFileError(f"model.llava_path must be a local LLaVA directory, got {cfg.model.llava_path!r}")
     base = LlavaForConditionalGeneration.from_pretrained(
         cfg.model.llava_path, dtype=torch.float32, local_files_only=True, attn_implementation=cfg.model.attn_implementation
     )
@@ -160,7 +161,7 @@ def build_from_base(cfg: ReadConfig, tokenizer: Any) -> ReadModel:
     own = model.llava.state_dict()
     missing = [k for k in own if k not in base_state]
     if missing:
-        raise ValueError(f"{cfg.model.llava_path} lacks {len(missing)} LLaVA weights, e.g. {missing[:3]}")
+        raise FileFormatError(f"{cfg.model.llava_path} lacks {len(missing)} LLaVA weights, e.g. {missing[:3]}")
     for key, value in base_state.items():
         if key not in own:
             continue
@@ -173,7 +174,10 @@ def build_from_base(cfg: ReadConfig, tokenizer: Any) -> ReadModel:
                 rows[v0:].normal_(0.0, 0.02)
             continue
         if own[key].shape != value.shape:
-            raise ValueError(f"{key}: checkpoint shape {tuple(value.shape)} != configured {tuple(own[key].shape)}")
+            raise FileFormatError(
+                f"{cfg.model.llava_path}: {key} has shape {tuple(value.shape)}, the config gives "
+                f"{tuple(own[key].shape)}; make model.text / model.vision match the checkpoint"
+            )
         own[key].copy_(value)
     del base, base_state
     if cfg.model.sam_checkpoint:
@@ -227,25 +231,39 @@ def from_pretrained(
     """
     d = Path(directory)
     if not (d / CONFIG_NAME).is_file():
-        raise FileNotFoundError(f"{d} is not a READ model directory (no {CONFIG_NAME})")
-    meta = json.loads((d / CONFIG_NAME).read_text())
+        raise MissingFileError(f"{d} is not a READ model directory (no {CONFIG_NAME})")
+    meta = _read_model_meta(d / CONFIG_NAME)
     # a read_config.json written before sasp.geometry existed: the model was trained with the "clip" geometry
     cfg_dict = fill_saved_defaults(meta["config"])
     if overrides:
         from read.config import _merge
 
         cfg_dict = _merge(cfg_dict, overrides)
-    cfg = ReadConfig.from_dict(cfg_dict)
+    try:
+        cfg = ReadConfig.from_dict(cfg_dict)
+    except ConfigError as e:
+        source = f"{d / CONFIG_NAME} with the overrides" if overrides else str(d / CONFIG_NAME)
+        raise ConfigError(f"{source}: {e}") from e
     if dtype is not None:
         cfg.model.dtype = dtype  # type: ignore[assignment]
+    state = load_state_dict_file(d / WEIGHTS_NAME)  # a broken file fails before the model is built
     model = build_read_model(
         cfg, meta["vocab_size"], seg_token_id=meta["seg_token_id"], image_token_id=meta["image_token_id"]
     )
-    state = load_state_dict_file(d / WEIGHTS_NAME)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{d / WEIGHTS_NAME} does not match its config: {len(missing)} missing (e.g. {missing[:3]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"
-        )
+    hint = f"it was not written together with {CONFIG_NAME}: export the model again"
+    load_checked_state_dict(model, state, str(d / WEIGHTS_NAME), hint=hint)
     return cast_model(model, cfg.model.dtype)
+
+
+def _read_model_meta(path: Path) -> dict[str, Any]:
+    """``read_config.json``: the config and the vocabulary ids, checked to be there."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FileFormatError(f"{path}: invalid JSON ({e})") from e
+    keys = ("config", "vocab_size", "seg_token_id", "image_token_id")
+    if not isinstance(meta, dict) or any(k not in meta for k in keys):
+        raise FileFormatError(f"{path}: expected an object with {', '.join(keys)} (as save_pretrained writes it)")
+    if not all(isinstance(meta[k], int) and not isinstance(meta[k], bool) and meta[k] >= 0 for k in keys[1:]):
+        raise FileFormatError(f"{path}: vocab_size, seg_token_id and image_token_id must be non-negative integers")
+    return meta

@@ -6,22 +6,23 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from read.errors import ConfigError, MissingPackageError
 from read.model.read_model import ReadModel
 
 
 def quantize_language_model(model: ReadModel, bits: int, device: torch.device) -> int:
     """Replace every ``nn.Linear`` of the LM's decoder layers by a bitsandbytes layer and move it to ``device``.
 
-    Returns the number of layers replaced. Raises RuntimeError off CUDA and ImportError without bitsandbytes.
+    Returns the number of layers replaced. Raises ConfigError off CUDA and MissingPackageError without bitsandbytes.
     """
     if bits not in (4, 8):
         raise ValueError(f"bits must be 4 or 8, got {bits}")
     if device.type != "cuda":
-        raise RuntimeError(f"{bits}-bit loading needs a CUDA device (bitsandbytes); got {device}")
+        raise ConfigError(f"{bits}-bit loading needs a CUDA device (bitsandbytes); got {device}")
     try:
         import bitsandbytes as bnb
     except ImportError as e:
-        raise ImportError(f"{bits}-bit loading needs bitsandbytes: pip install bitsandbytes") from e
+        raise MissingPackageError(f"{bits}-bit loading needs bitsandbytes: pip install bitsandbytes") from e
     layers = model.llava.model.language_model.layers
     replaced = 0
     for name, module in list(layers.named_modules()):

@@ -15,13 +15,15 @@ over READ's vocabulary, and the placeholder row of ``lm_head`` gets no gradient.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from torch import Tensor, nn
-from transformers import LlavaForConditionalGeneration, LogitsProcessor, LogitsProcessorList
+from transformers import LlavaForConditionalGeneration
 
 from read.batch import ReadBatch
 from read.config import ReadConfig
@@ -75,16 +77,6 @@ def text_only_logits(logits: Tensor, image_token_id: int) -> Tensor:
     """
     columns = torch.arange(logits.shape[-1], device=logits.device)
     return logits.masked_fill(columns >= image_token_id, float("-inf"))
-
-
-class TextOnlyLogits(LogitsProcessor):
-    """transformers' ``generate`` hook that applies :func:`text_only_logits` at every step."""
-
-    def __init__(self, image_token_id: int) -> None:
-        self.image_token_id = image_token_id
-
-    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
-        return text_only_logits(scores, self.image_token_id)
 
 
 def seg_prompt_mask(input_ids: Tensor, seg_token_id: int) -> Tensor:
@@ -382,56 +374,227 @@ class ReadModel(nn.Module):
         self,
         batch: ReadBatch,
         max_new_tokens: int = 512,
-        eos_token_id: int = 2,
+        eos_token_id: int | None = 2,
         pad_token_id: int = 0,
         image_features: Tensor | None = None,
         sam_embeddings: Tensor | None = None,
+        use_cache: bool = True,
     ) -> tuple[Tensor, ReadOutput]:
-        """Greedy decoding with a KV cache, then one teacher-forced pass over prompt + answer for the masks.
+        """Greedy answers, then one mask per generated ``[SEG]``.
 
-        [FIX] The reference decodes without a cache (O(L^2)) so that ``generate`` returns the full hidden
-        states; here the masks come from a second forward over the finished sequences, which gives the same
-        states up to numerical noise.
+        Decoding (``use_cache=True``): one pass over the prompts fills a KV cache, then every step feeds only the
+        new token of each row. A row stops at its EOS and leaves the batch at once (its cache rows are dropped), so
+        no work is spent on finished rows; decoding ends when no row is left or after ``max_new_tokens``.
+        ``use_cache=False`` decodes as the reference does (READ's ``evaluate``): every step runs the language model
+        over the whole sequence, and the masks come from the states of the last step.
+
+        Masks (``use_cache=True``): [FIX] the reference reads the ``[SEG]`` states from the uncached last decoding
+        step; here one teacher-forced pass over prompt + answer (right-padded, as teacher-forced evaluation) gives
+        the same states, for the rows that generated a ``[SEG]`` only: at batch 1 bit for bit, in a batch up to
+        float rounding. The decoding states themselves are not used, because cached and uncached arithmetic differ
+        in the last bits. SAM's image encoder runs only for the images of those rows (unless ``sam_embeddings`` is
+        given): an answer without ``[SEG]`` has an empty mask.
 
         Arguments:
             batch: prompts ending in "ASSISTANT:", left-padded; labels/gt_masks are ignored.
+            max_new_tokens: the longest answer, EOS included.
+            eos_token_id: ends a row; None decodes exactly ``max_new_tokens`` tokens per row (fixed-length timing).
+            pad_token_id: fills each row after its EOS.
             image_features, sam_embeddings: optional cached encoder outputs (see :meth:`forward`).
+            use_cache: False re-encodes the whole sequence at every step (the reference's way, for comparisons).
 
         Returns:
-            (new_tokens (R, T) with ``pad_token_id`` after each row's end, output of the mask pass).
+            (new_tokens (R, T) with ``pad_token_id`` after each row's EOS, T = the longest answer; the masks as a
+            :class:`ReadOutput` without logits or losses).
         """
         batch.validate()
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if image_features is None:
             image_features = self.encode_images(batch.pixel_values)
-        if sam_embeddings is None:
-            sam_embeddings = self.encode_sam_images(batch.sam_images)
-        inputs_embeds = self.embed_inputs(batch.input_ids, image_features[batch.image_index])
-        new_tokens = self.llava.generate(
-            inputs_embeds=inputs_embeds,
-            attention_mask=batch.attention_mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            eos_token_id=eos_token_id,
-            pad_token_id=pad_token_id,
-            logits_processor=LogitsProcessorList([TextOnlyLogits(self.image_token_id)]),
-        )  # (R, T): with inputs_embeds only, generate returns the new tokens
-        is_eos = new_tokens == eos_token_id
-        after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0  # strictly after the first EOS
-        new_tokens = new_tokens.masked_fill(after_eos, pad_token_id)
-        full_ids = torch.cat([batch.input_ids, new_tokens], 1)
-        full_mask = torch.cat([batch.attention_mask, (~after_eos).long()], 1)
-        mask_batch = ReadBatch(
-            pixel_values=batch.pixel_values,
-            sam_images=batch.sam_images,
-            input_ids=full_ids,
-            attention_mask=full_mask,
-            image_index=batch.image_index,
-            original_sizes=batch.original_sizes,
-            resized_sizes=batch.resized_sizes,
-            meta=batch.meta,
+        features = image_features[batch.image_index]  # (R, N, C)
+        if use_cache:
+            new_tokens = self._decode_cached(batch, features, max_new_tokens, eos_token_id, pad_token_id)
+            return new_tokens, self._answer_masks(batch, new_tokens, features, sam_embeddings, eos_token_id)
+        new_tokens, hidden = self._decode_uncached(batch, features, max_new_tokens, eos_token_id, pad_token_id)
+        return new_tokens, self._answer_masks(batch, new_tokens, features, sam_embeddings, eos_token_id, hidden)
+
+    def _next_tokens(self, hidden: Tensor) -> Tensor:
+        """Greedy choice from last-layer states (R, C): (R,) token ids."""
+        logits = text_only_logits(self.llava.lm_head(hidden), self.image_token_id)  # (R, V)
+        return logits.argmax(-1)
+
+    def _decode_cached(
+        self, batch: ReadBatch, features: Tensor, max_new_tokens: int, eos: int | None, pad: int
+    ) -> Tensor:
+        """Greedy decoding with a KV cache; finished rows leave the batch. Returns (R, T) new tokens."""
+        lm = self.llava.model.language_model
+        mask = batch.attention_mask
+        rows = mask.shape[0]
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens count from 0
+        out = lm(
+            inputs_embeds=self.embed_inputs(batch.input_ids, features),
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
         )
-        return new_tokens, self.forward(mask_batch, image_features=image_features, sam_embeddings=sam_embeddings)
+        cache = _returned_cache(out)
+        tokens = torch.full((rows, max_new_tokens), pad, dtype=torch.long, device=mask.device)
+        live = torch.arange(rows, device=mask.device)  # the original row of each row still decoding
+        next_position = mask.long().sum(1)  # (live,) position of the token fed next
+        token = self._next_tokens(out.last_hidden_state[:, -1])  # (live,)
+        steps = max_new_tokens
+        for step in range(max_new_tokens):
+            tokens[live, step] = token
+            if step == max_new_tokens - 1:
+                break
+            if eos is not None:
+                going = token != eos
+                if not bool(going.all()):
+                    keep = going.nonzero()[:, 0]
+                    if keep.numel() == 0:
+                        steps = step + 1
+                        break
+                    cache.reorder_cache(keep)
+                    live, token, mask, next_position = live[keep], token[keep], mask[keep], next_position[keep]
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
+            out = lm(
+                input_ids=token[:, None],
+                attention_mask=mask,
+                position_ids=next_position[:, None],
+                use_cache=True,
+                **{_cache_argument(lm): cache},
+            )
+            next_position = next_position + 1
+            token = self._next_tokens(out.last_hidden_state[:, -1])
+        return tokens[:, :steps]
+
+    def _decode_uncached(
+        self, batch: ReadBatch, features: Tensor, max_new_tokens: int, eos: int | None, pad: int
+    ) -> tuple[Tensor, Tensor]:
+        """Greedy decoding that runs the LM over the whole sequence at every step (the reference's way).
+
+        Returns:
+            (new_tokens (R, T), the last step's hidden states (R, L + T - 1, C): the states of prompt + answer
+            without its last token).
+        """
+        ids, mask = batch.input_ids, batch.attention_mask
+        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+        tokens = []
+        for _ in range(max_new_tokens):
+            hidden = self.language_forward(ids, mask, features)  # (R, L, C)
+            token = torch.where(done, torch.full_like(done, pad, dtype=torch.long), self._next_tokens(hidden[:, -1]))
+            tokens.append(token)
+            ids = torch.cat([ids, token[:, None]], 1)
+            mask = torch.cat([mask, (~done).long()[:, None]], 1)
+            if eos is not None:
+                done = done | (token == eos)
+                if bool(done.all()):
+                    break
+        return torch.stack(tokens, 1), hidden
+
+    def _answer_masks(
+        self,
+        batch: ReadBatch,
+        new_tokens: Tensor,
+        features: Tensor,
+        sam_embeddings: Tensor | None,
+        eos: int | None,
+        hidden: Tensor | None = None,
+    ) -> ReadOutput:
+        """One mask per generated ``[SEG]``, computed for the rows that have one.
+
+        Arguments:
+            new_tokens: (R, T) answers (``pad`` after EOS).
+            features: (R, N, C) image features of each row.
+            hidden: the uncached decoder's last states (R, L + T - 1, C) over the left-padded prompt + answer;
+                None runs a teacher-forced pass over prompt + answer (right-padded) instead.
+        """
+        rows, prompt_len = batch.input_ids.shape
+        answer_len = new_tokens.shape[1]
+        if eos is not None:
+            is_eos = new_tokens == eos
+            after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0  # strictly after the first EOS
+        else:
+            after_eos = torch.zeros_like(new_tokens, dtype=torch.bool)
+        seg_rows = ((new_tokens == self.seg_token_id) & ~after_eos).any(1).nonzero()[:, 0]  # (S,)
+        images = batch.image_index[seg_rows].unique()  # sorted images of those rows
+        empty = [
+            torch.zeros(0, *batch.original_sizes[int(batch.image_index[r])], dtype=torch.float32)
+            for r in range(rows)
+        ]
+        masks: list[Tensor] = [e.to(features.device) for e in empty]
+        coords = [features.new_zeros(0, 0, 2, dtype=torch.float32) for _ in range(rows)]
+        labels = [torch.zeros(0, 0, dtype=torch.long, device=features.device) for _ in range(rows)]
+        sims = [features.new_zeros(0, 0, dtype=torch.float32) for _ in range(rows)]
+        if seg_rows.numel() > 0:
+            if hidden is None:
+                real = torch.cat([batch.attention_mask.bool(), ~after_eos], 1)  # (R, L + T)
+                full = torch.cat([batch.input_ids, new_tokens], 1)[seg_rows]
+                ids, attention = _right_align(full, real[seg_rows], pad=0)
+                hidden_rows = self.language_forward(ids, attention, features[seg_rows])
+            else:
+                ids = torch.cat([batch.input_ids, new_tokens], 1)[seg_rows]
+                last = hidden[seg_rows]
+                hidden_rows = torch.cat([last, last.new_zeros(last.shape[0], 1, last.shape[2])], 1)  # align with ids
+                ids = ids[:, : hidden_rows.shape[1]]
+            if sam_embeddings is None:
+                sam_of_images = self.encode_sam_images(batch.sam_images[images])
+            else:
+                sam_of_images = sam_embeddings[images]
+            local_image = torch.searchsorted(images, batch.image_index[seg_rows])  # (S,) index into ``images``
+            picked = images.tolist()
+            out = self.predict_masks(
+                hidden_rows,
+                ids,
+                local_image,
+                sam_of_images,
+                [batch.original_sizes[i] for i in picked],
+                [batch.resized_sizes[i] for i in picked],
+            )
+            for j, r in enumerate(seg_rows.tolist()):
+                masks[r], coords[r], labels[r], sims[r] = out[0][j], out[1][j], out[2][j], out[3][j]
+        return ReadOutput(
+            loss=None,
+            ce_loss=None,
+            bce_loss=None,
+            dice_loss=None,
+            logits=None,
+            pred_masks=masks,
+            point_coords=coords,
+            point_labels=labels,
+            similarity=sims,
+        )
+
+
+def _right_align(ids: Tensor, real: Tensor, pad: int) -> tuple[Tensor, Tensor]:
+    """Move each row's real tokens to the front, in order.
+
+    Arguments:
+        ids: (R, L) tokens; real: (R, L) bool, True at the tokens to keep.
+
+    Returns:
+        (ids (R, L'), attention mask (R, L')) right-padded with ``pad``, L' = the longest row.
+    """
+    counts = real.sum(1)
+    width = int(counts.max())
+    order = torch.sort((~real).long(), dim=1, stable=True).indices  # real tokens first, original order kept
+    packed = ids.gather(1, order)[:, :width]
+    attention = (torch.arange(width, device=ids.device)[None, :] < counts[:, None]).long()
+    return packed.masked_fill(attention == 0, pad), attention
+
+
+def _cache_argument(module: nn.Module) -> str:
+    """The keyword under which ``module.forward`` takes a KV cache (``cache`` in newer transformers releases,
+    ``past_key_values`` before)."""
+    params = inspect.signature(module.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _returned_cache(output: object) -> Any:
+    """The KV cache of a language-model output (``cache`` or ``past_key_values``, by transformers release)."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
 
 
 def causal_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:

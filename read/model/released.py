@@ -48,6 +48,7 @@ from torch import Tensor
 
 from read.config import ModelConfig, ReadConfig, SamConfig, SaspConfig, TextConfig, VisionConfig
 from read.constants import EXTRA_TOKENS
+from read.errors import ConfigError, FileFormatError, MissingFileError
 from read.model.builder import build_read_model
 from read.model.dtypes import dtype_name
 from read.model.read_model import ReadModel
@@ -95,13 +96,13 @@ _VOCAB_KEYS = ("llava.model.language_model.embed_tokens.weight", "llava.lm_head.
 def read_json(path: Path) -> dict[str, Any]:
     """A JSON object from ``path``, with the file named in every error."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found")
+        raise MissingFileError(f"{path} not found")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: invalid JSON ({err})") from err
+        raise FileFormatError(f"{path}: invalid JSON ({err})") from err
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        raise FileFormatError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
 
 
@@ -109,7 +110,7 @@ def checkpoint_family(hf_config: Mapping[str, Any], source: str = CONFIG_FILE) -
     """"read", "sesame" or "lisa" from ``architectures`` in config.json."""
     archs = hf_config.get("architectures")
     if not isinstance(archs, list) or len(archs) != 1 or archs[0] not in ARCHITECTURES:
-        raise ValueError(f"{source}: architectures={archs!r}; expected one of {[[a] for a in ARCHITECTURES]}")
+        raise FileFormatError(f"{source}: architectures={archs!r}; expected one of {[[a] for a in ARCHITECTURES]}")
     return ARCHITECTURES[archs[0]]
 
 
@@ -121,10 +122,10 @@ def load_checkpoint_weights(ckpt_dir: str | Path) -> dict[str, Tensor]:
         if (d / index_name).is_file():
             weight_map = read_json(d / index_name).get("weight_map")
             if not isinstance(weight_map, dict):
-                raise ValueError(f"{d / index_name}: no 'weight_map' object")
+                raise FileFormatError(f"{d / index_name}: no 'weight_map' object")
             absent = sorted(set(weight_map) - set(state))
             if absent:
-                raise ValueError(
+                raise FileFormatError(
                     f"{d / index_name} lists {len(absent)} tensor(s) that its shards lack, e.g. "
                     f"{absent[0]!r} (in {weight_map[absent[0]]})"
                 )
@@ -140,7 +141,7 @@ def resolve_vision_tower(
     if vision_tower_path is not None:
         path = Path(vision_tower_path)
         if not (path / CONFIG_FILE).is_file():
-            raise FileNotFoundError(f"vision tower directory {path} has no {CONFIG_FILE} (expected a local CLIP model)")
+            raise MissingFileError(f"vision tower directory {path} has no {CONFIG_FILE} (expected a local CLIP model)")
         return path
     tried = []
     for field_name in ("mm_vision_tower", "vision_tower"):
@@ -152,7 +153,7 @@ def resolve_vision_tower(
                 logger.info("using the CLIP tower named in config.json (%s): %s", field_name, candidate)
                 return candidate
             tried.append(str(candidate))
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"no local CLIP vision tower: pass vision_tower_path (e.g. a local copy of "
         f"openai/clip-vit-large-patch14-336); config.json's paths do not exist here: {tried or 'none given'}"
     )
@@ -167,10 +168,12 @@ def clip_vision_config(tower_dir: str | Path, feature_layer: int) -> VisionConfi
     data = read_json(path)
     fields = data.get("vision_config", data) if data.get("model_type") == "clip" else data
     if not isinstance(fields, dict):
-        raise ValueError(f"{path}: vision_config must be an object")
+        raise FileFormatError(f"{path}: vision_config must be an object")
     hf = CLIPVisionConfig(**{k: v for k, v in fields.items() if k not in ("model_type", "architectures")})
     if hf.hidden_act != "quick_gelu":
-        raise ValueError(f"{path}: hidden_act={hf.hidden_act!r}; only OpenAI CLIP towers (quick_gelu) are supported")
+        raise FileFormatError(
+            f"{path}: hidden_act={hf.hidden_act!r}; only OpenAI CLIP towers (quick_gelu) are supported"
+        )
     return VisionConfig(
         image_size=hf.image_size,
         patch_size=hf.patch_size,
@@ -215,7 +218,7 @@ def infer_sam_config(sam_state: Mapping[str, Tensor]) -> SamConfig:
 
     def get(key: str, size: str) -> Tensor:
         if key not in sam_state:
-            raise ValueError(f"SAM weights lack {key!r}: cannot infer the {size}")
+            raise FileFormatError(f"SAM weights lack {key!r}: cannot infer the {size}")
         return sam_state[key]
 
     _, grid, grid_w, embed_dim = get("image_encoder.pos_embed", "image-encoder grid and width").shape
@@ -229,17 +232,17 @@ def infer_sam_config(sam_state: Mapping[str, Tensor]) -> SamConfig:
     global_idx = [i for i, s in enumerate(sizes) if s == grid]
     windows = {s for s in sizes if s != grid}
     if grid != grid_w or embed_dim % head_dim or len(windows) > 1:
-        raise ValueError(f"SAM image encoder shapes are inconsistent: grid {grid}x{grid_w}, rel-pos sizes {sizes}")
+        raise FileFormatError(f"SAM image encoder shapes are inconsistent: grid {grid}x{grid_w}, rel-pos sizes {sizes}")
     mlp_width = get("image_encoder.blocks.0.mlp.lin1.weight", "encoder MLP width").shape[0]
     mlp_ratio = mlp_width / embed_dim
     if int(embed_dim * mlp_ratio) != mlp_width:
-        raise ValueError(f"SAM image encoder MLP width {mlp_width} is not a ratio of its width {embed_dim}")
+        raise FileFormatError(f"SAM image encoder MLP width {mlp_width} is not a ratio of its width {embed_dim}")
     prompt_dim = get("image_encoder.neck.0.weight", "prompt embedding width").shape[0]
     mask_in_chans = get("prompt_encoder.mask_downscaling.3.weight", "mask down-scaling channels").shape[0]
     decoder_depth = len({k.split(".")[3] for k in sam_state if k.startswith("mask_decoder.transformer.layers.")})
     iou_layers = {k.split(".")[3] for k in sam_state if k.startswith("mask_decoder.iou_prediction_head.layers.")}
     if not iou_layers:
-        raise ValueError("SAM weights lack 'mask_decoder.iou_prediction_head.layers.*': cannot infer the IoU head")
+        raise FileFormatError("SAM weights lack 'mask_decoder.iou_prediction_head.layers.*': cannot infer the IoU head")
     iou_hidden = (
         get("mask_decoder.iou_prediction_head.layers.0.weight", "IoU head width").shape[0]
         if len(iou_layers) > 1
@@ -310,7 +313,7 @@ def check_text_sizes(hf_config: Mapping[str, Any], state: Mapping[str, Tensor], 
         found.append(("out_dim", head[0], "model.text_hidden_fcs.0.2.weight"))
     for field_name, value, tensor in found:
         if field_name in hf_config and hf_config[field_name] != value:
-            raise ValueError(
+            raise FileFormatError(
                 f"{source}: {field_name}={hf_config[field_name]} but the checkpoint's {tensor} shows {value}"
             )
     k_proj = shape("model.layers.0.self_attn.k_proj.weight")
@@ -318,7 +321,7 @@ def check_text_sizes(hf_config: Mapping[str, Any], state: Mapping[str, Tensor], 
     if k_proj is not None and isinstance(heads, int) and isinstance(hidden, int) and heads > 0:
         kv_heads = hf_config.get("num_key_value_heads") or heads
         if kv_heads * (hidden // heads) != k_proj[0]:
-            raise ValueError(
+            raise FileFormatError(
                 f"{source}: num_key_value_heads={kv_heads} (head size {hidden // heads}) but "
                 f"model.layers.0.self_attn.k_proj.weight has {k_proj[0]} rows"
             )
@@ -332,10 +335,12 @@ def projector_type_of(keys: Collection[str], hf_config: Mapping[str, Any], sourc
     elif "model.mm_projector.0.weight" in keys:
         found = "mlp2x_gelu"
     else:
-        raise ValueError("checkpoint has no vision projector (model.mm_projector.weight / model.mm_projector.0.weight)")
+        raise FileFormatError(
+            "checkpoint has no vision projector (model.mm_projector.weight / model.mm_projector.0.weight)"
+        )
     declared = hf_config.get("mm_projector_type")
     if declared is not None and declared != found:
-        raise ValueError(f"{source}: mm_projector_type={declared!r}, but the weights hold a {found!r} projector")
+        raise FileFormatError(f"{source}: mm_projector_type={declared!r}, but the weights hold a {found!r} projector")
     return found
 
 
@@ -346,7 +351,7 @@ def released_sasp_config(family: str, overrides: Mapping[str, Any] | None = None
     base = dataclasses.asdict(SaspConfig(enabled=family == "read"))
     unknown = sorted(set(overrides or {}) - set(base))
     if unknown:
-        raise ValueError(f"unknown SasP setting(s) {unknown}; known: {sorted(base)}")
+        raise ConfigError(f"unknown SasP setting(s) {unknown}; known: {sorted(base)}")
     return ReadConfig.from_dict({"sasp": {**base, **(overrides or {})}}).sasp
 
 
@@ -375,7 +380,7 @@ def released_read_config(
 
     def need(key: str) -> Any:
         if key not in hf_config:
-            raise ValueError(f"{source}: missing field {key!r}")
+            raise FileFormatError(f"{source}: missing field {key!r}")
         return hf_config[key]
 
     checks = {
@@ -387,16 +392,16 @@ def released_read_config(
     }
     for key, (wanted, value) in checks.items():
         if value != wanted:
-            raise ValueError(f"{source}: {key}={value!r} is not supported (expected {wanted!r})")
+            raise FileFormatError(f"{source}: {key}={value!r} is not supported (expected {wanted!r})")
     dtype_config_name = dtype_name(dtype)
     mm_hidden = hf_config.get("mm_hidden_size", vision.hidden_size)
     if mm_hidden != vision.hidden_size:
-        raise ValueError(
+        raise FileFormatError(
             f"{source}: mm_hidden_size={mm_hidden} but the CLIP tower has hidden_size {vision.hidden_size}"
         )
     out_dim = hf_config.get("out_dim", 256)
     if out_dim != sam.prompt_embed_dim:
-        raise ValueError(f"{source}: out_dim={out_dim} but SAM's prompt embedding is {sam.prompt_embed_dim}-d")
+        raise FileFormatError(f"{source}: out_dim={out_dim} but SAM's prompt embedding is {sam.prompt_embed_dim}-d")
     vocab = need("vocab_size")
     num_new = len(EXTRA_TOKENS) - 1  # [SEG], <im_start>, <im_end> are in the checkpoint
     heads = need("num_attention_heads")
@@ -457,7 +462,7 @@ def map_released_state_dict(
             unmapped.append(key)
             continue
         if target in mapped:
-            raise ValueError(f"checkpoint keys {sources[target]!r} and {key!r} both map to {target!r}")
+            raise FileFormatError(f"checkpoint keys {sources[target]!r} and {key!r} both map to {target!r}")
         mapped[target] = value
         sources[target] = key
     return mapped, sources, sorted(unmapped)
@@ -543,7 +548,7 @@ def check_tokenizer(tokenizer: ReadTokenizer, rows: int, where: str) -> None:
     got = tokenizer.convert_tokens_to_ids(list(EXTRA_TOKENS))
     wanted = list(range(base, base + len(EXTRA_TOKENS)))
     if tokenizer.vocab_size != base or got != wanted or len(tokenizer) != base + len(EXTRA_TOKENS):
-        raise ValueError(
+        raise FileFormatError(
             f"{where}: the tokenizer ({tokenizer.vocab_size} pieces, {dict(zip(EXTRA_TOKENS, got))}) does not match "
             f"the checkpoint's {rows} embedding rows; expected {dict(zip(EXTRA_TOKENS, wanted))}"
         )
@@ -575,13 +580,13 @@ def load_released(
         ``tokenizer_path`` and ``vision_tower_path`` set.
 
     Raises:
-        FileNotFoundError: a directory, config.json, weight file or the CLIP tower is missing.
-        ValueError: an unsupported or inconsistent config.json, a tokenizer that does not match the embedding
+        MissingFileError: a directory, config.json, weight file or the CLIP tower is missing.
+        FileFormatError: an unsupported or inconsistent config.json, a tokenizer that does not match the embedding
             rows, or (strict) missing / unexpected / mis-shaped tensors, listed by key group.
     """
     ckpt = Path(ckpt_dir)
     if not ckpt.is_dir():
-        raise FileNotFoundError(f"checkpoint directory not found: {ckpt}")
+        raise MissingFileError(f"checkpoint directory not found: {ckpt}")
     config_path = ckpt / CONFIG_FILE
     hf_config = read_json(config_path)
     checkpoint_family(hf_config, str(config_path))
@@ -609,10 +614,12 @@ def load_released(
     cfg.model.vision_tower_path = str(tower)
 
     if _VOCAB_KEYS[0] not in state:
-        raise ValueError(f"{ckpt}: the checkpoint has no model.embed_tokens.weight")
+        raise FileFormatError(f"{ckpt}: the checkpoint has no model.embed_tokens.weight")
     rows = state[_VOCAB_KEYS[0]].shape[0]
     if rows != hf_config["vocab_size"]:
-        raise ValueError(f"{config_path}: vocab_size={hf_config['vocab_size']} but model.embed_tokens has {rows} rows")
+        raise FileFormatError(
+            f"{config_path}: vocab_size={hf_config['vocab_size']} but model.embed_tokens has {rows} rows"
+        )
     tokenizer = ReadTokenizer.from_pretrained(ckpt)
     check_tokenizer(tokenizer, rows, str(ckpt))
     for key in _VOCAB_KEYS:
@@ -629,7 +636,7 @@ def load_released(
     if missing or unexpected or mismatched:
         message = _mismatch_message(str(ckpt), missing, unexpected, mismatched, sources)
         if strict:
-            raise ValueError(message)
+            raise FileFormatError(message)
         logger.warning(message)
     loadable = {k: v for k, v in state.items() if k in expected and tuple(v.shape) == tuple(expected[k])}
     model.load_state_dict(loadable, strict=False)

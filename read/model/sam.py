@@ -21,7 +21,8 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 from torch import Tensor
 
 from read.config import SamConfig
-from read.model.weights import load_state_dict_file
+from read.errors import ConfigError
+from read.model.weights import load_checked_state_dict, load_state_dict_file
 
 _REGISTRY_SIZES = {
     "vit_h": dict(encoder_embed_dim=1280, encoder_depth=32, encoder_num_heads=16, encoder_global_attn_indexes=[7, 15, 23, 31]),
@@ -33,7 +34,7 @@ _REGISTRY_SIZES = {
 def sam_config_for(variant: str) -> SamConfig:
     """The SamConfig of one of segment_anything's registry models (vit_h, vit_l, vit_b)."""
     if variant not in _REGISTRY_SIZES:
-        raise ValueError(f"unknown SAM variant {variant!r}; expected one of {sorted(_REGISTRY_SIZES)} or 'custom'")
+        raise ConfigError(f"unknown SAM variant {variant!r}; expected one of {sorted(_REGISTRY_SIZES)} or 'custom'")
     return SamConfig(variant=variant, **_REGISTRY_SIZES[variant])
 
 
@@ -47,9 +48,9 @@ def build_sam(cfg: SamConfig) -> Sam:
         sizes = _REGISTRY_SIZES[cfg.variant]
         for key, value in sizes.items():
             if getattr(cfg, key) != value:
-                raise ValueError(f"model.sam.{key}={getattr(cfg, key)} does not match SAM {cfg.variant} ({value})")
+                raise ConfigError(f"model.sam.{key}={getattr(cfg, key)} does not match SAM {cfg.variant} ({value})")
     elif cfg.variant != "custom":
-        raise ValueError(f"unknown SAM variant {cfg.variant!r}; expected vit_h, vit_l, vit_b or custom")
+        raise ConfigError(f"model.sam.variant={cfg.variant!r} is not one of vit_h, vit_l, vit_b, custom")
     embed_size = cfg.image_size // cfg.patch_size
     return Sam(
         image_encoder=ImageEncoderViT(
@@ -89,13 +90,8 @@ def build_sam(cfg: SamConfig) -> Sam:
 
 def load_sam_checkpoint(sam: Sam, path: str | Path) -> None:
     """Load an original SAM checkpoint (e.g. ``sam_vit_h_4b8939.pth``) strictly, without executing code."""
-    state = load_state_dict_file(path)
-    missing, unexpected = sam.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"SAM checkpoint {path} does not match the configured model: "
-            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
-        )
+    hint = "check that model.sam (variant and sizes) matches the checkpoint"
+    load_checked_state_dict(sam, load_state_dict_file(path), f"SAM checkpoint {path}", hint=hint)
 
 
 def to_sam_frame(coords: Tensor, original_size: tuple[int, int], resized_size: tuple[int, int]) -> Tensor:

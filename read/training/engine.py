@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from read.config import ReadConfig, TrainConfig, validate
+from read.errors import ConfigError, FileFormatError, MissingFileError
 from read.model import ReadModel, build_from_base, build_read_model, load_model
 from read.model.builder import cast_model
 from read.model.dtypes import DTYPES, PRECISIONS
@@ -58,9 +59,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
     if precision not in PRECISION_DTYPES:
-        raise ValueError(f"train.precision: {precision!r} is not one of auto, fp32, bf16, fp16")
+        raise ConfigError(f"train.precision: {precision!r} is not one of auto, fp32, bf16, fp16")
     if precision == "fp16" and device.type == "cpu":
-        raise ValueError("train.precision=fp16 needs a GPU; use fp32 or bf16 on the CPU")
+        raise ConfigError("train.precision=fp16 needs a GPU; use fp32 or bf16 on the CPU")
     return precision
 
 
@@ -145,17 +146,21 @@ def build_deepspeed_config(
         the config dict for ``deepspeed.initialize``.
 
     Raises:
-        ValueError: a literal JSON value contradicts the config, or an ``"auto"`` is left that nothing fills.
+        MissingFileError: the JSON file does not exist.
+        ConfigError: the file is not valid JSON, a literal value contradicts the config, or an ``"auto"`` is left
+            that nothing fills.
     """
     path = Path(path or train.deepspeed_config)
     if not path.is_absolute() and not path.is_file() and (REPO_ROOT / path).is_file():
         path = REPO_ROOT / path  # configs/deepspeed/*.json from outside the repository root
     if not path.is_file():
-        raise FileNotFoundError(f"train.deepspeed_config: {path} does not exist")
+        raise MissingFileError(f"train.deepspeed_config: {path} does not exist")
     try:
         ds = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} (train.deepspeed_config) is not valid JSON: {e}") from e
+    if not isinstance(ds, dict):
+        raise ConfigError(f"{path} (train.deepspeed_config): the top level must be a JSON object")
     for keys, value in _auto_values(train, world_size, precision).items():
         node = ds
         for k in keys[:-1]:
@@ -164,14 +169,14 @@ def build_deepspeed_config(
             continue  # section absent (e.g. a different scheduler): nothing to fill
         current = node.get(keys[-1], "auto")
         if current != "auto" and not _same(current, value):
-            raise ValueError(
+            raise ConfigError(
                 f"{path}: {'.'.join(keys)} = {current!r} contradicts the training config ({value!r}); "
                 f"set it to \"auto\" and change the YAML / command-line value instead"
             )
         node[keys[-1]] = value
     left = _find_auto(ds)
     if left:
-        raise ValueError(f"{path}: no config value fills {', '.join(left)} (\"auto\")")
+        raise ConfigError(f"{path}: no config value fills {', '.join(left)} (\"auto\"); give a value in the JSON")
     return ds
 
 
@@ -203,7 +208,7 @@ def load_tokenizer(cfg: ReadConfig) -> Any:
 
     path = tokenizer_dir(cfg)
     if path is None:
-        raise ValueError("model.tokenizer_path is not set (needed with model.init=random)")
+        raise ConfigError("model.tokenizer_path is not set (needed with model.init=random)")
     return ReadTokenizer.from_pretrained(path)
 
 
@@ -251,7 +256,7 @@ def build_model(cfg: ReadConfig, tokenizer: Any) -> ReadModel:
     if init == "llava":
         return build_from_base(cfg, tokenizer)
     if not cfg.model.init_path:
-        raise ValueError(f"model.init={init} needs model.init_path")
+        raise ConfigError(f"model.init={init} needs model.init_path")
     model, _ = load_model(
         cfg.model.init_path,
         released=init == "released",
@@ -265,7 +270,7 @@ def build_model(cfg: ReadConfig, tokenizer: Any) -> ReadModel:
     model.config = cfg
     vocab = model.llava.get_input_embeddings().weight.shape[0]
     if vocab != len(tokenizer) or model.seg_token_id != tokenizer.seg_token_id:
-        raise ValueError(
+        raise FileFormatError(
             f"{cfg.model.init_path}: model vocabulary {vocab} / [SEG] id {model.seg_token_id} do not match the "
             f"tokenizer at {tokenizer_dir(cfg)} ({len(tokenizer)} / {tokenizer.seg_token_id})"
         )
@@ -288,7 +293,7 @@ def create_engine(model: ReadModel, cfg: ReadConfig, dist: DistInfo, precision: 
     cast_model(model, PRECISION_DTYPES[precision])
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
-        raise ValueError("no trainable parameters: check the lora / model sections of the config")
+        raise ConfigError("no trainable parameters: check the lora / model sections of the config")
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config)
     engine.module.sam.prompt_encoder.float()
     install_nonfinite_guard(engine.module)
