@@ -24,7 +24,8 @@ sys.path.insert(0, str(ROOT))
 
 from read.app.browser import ask, open_page, read_page, serve, upload_image  # noqa: E402
 from read.app.discovery import collect_examples, newest_quickstart_model, validation_examples_dir  # noqa: E402
-from read.errors import UserError  # noqa: E402
+from read.cli import add_debug_flag, run_main  # noqa: E402
+from read.errors import ConfigError, MissingFileError, UserError  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,26 +36,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num_images", type=int, default=5, help="validation images used without --images")
     p.add_argument("--screenshot", default=None, help="PNG of the whole page after the first answer")
     p.add_argument("--app_args", nargs=argparse.REMAINDER, default=[], help="further app.py flags (last)")
+    add_debug_flag(p)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        model = Path(args.model) if args.model else newest_quickstart_model(ROOT)
-        if args.images:
-            questions = args.questions or []
-            if len(questions) != len(args.images):
-                raise UserError(f"--questions needs one question per image ({len(args.images)}), got {len(questions)}")
-            cases = list(zip(map(Path, args.images), questions))
-        else:
-            folder = validation_examples_dir(model, ROOT)
-            if folder is None:
-                raise UserError(f"{model} has no validation images next to it: pass --images and --questions")
-            cases = [(e.image, e.question) for e in collect_examples(folder, args.num_images) if e.question]
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    model = Path(args.model) if args.model else newest_quickstart_model(ROOT)
+    if not model.is_dir():
+        raise MissingFileError(f"--model {model} is not a directory")
+    if args.images:
+        questions = args.questions or []
+        if len(questions) != len(args.images):
+            raise ConfigError(f"--questions needs one question per image ({len(args.images)}), got {len(questions)}")
+        cases = list(zip(map(Path, args.images), questions))
+    else:
+        folder = validation_examples_dir(model, ROOT)
+        if folder is None:
+            raise UserError(f"{model} has no validation images next to it: pass --images and --questions")
+        cases = [(e.image, e.question) for e in collect_examples(folder, args.num_images) if e.question]
     try:  # shown in the page: keep it short
         model = model.resolve().relative_to(ROOT)
     except ValueError:
@@ -89,4 +89,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -46,6 +46,21 @@ def test_examples_from_the_training_run_config(tmp_path):
     assert validation_examples_dir(model, tmp_path) is None
 
 
+def test_examples_of_a_model_in_another_repository(tmp_path):
+    other = tmp_path / "other"
+    model = _quickstart_model(other, "a", 1)  # other/runs/quickstart/a/read/model
+    (model.parent / "config.json").write_text(json.dumps({"data": {"dataset_dir": "data/synthetic"}}))
+    root = tmp_path / "root"
+    root.mkdir()
+    assert validation_examples_dir(model, root) is None
+    val = other / "data" / "synthetic" / "reason_seg" / "ReasonSeg" / "val"
+    val.mkdir(parents=True)
+    assert validation_examples_dir(model, root) == val  # where that repository trained it
+    own = root / "data" / "synthetic" / "reason_seg" / "ReasonSeg" / "val"
+    own.mkdir(parents=True)
+    assert validation_examples_dir(model, root) == own  # the root comes first
+
+
 def test_collect_examples_reads_reasonseg_questions(tmp_path):
     for stem in ("c", "a", "b", "d"):
         (tmp_path / f"{stem}.jpg").write_bytes(b"x")

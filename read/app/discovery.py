@@ -51,8 +51,9 @@ def validation_examples_dir(model_dir: Path, root: Path) -> Path | None:
     """The ReasonSeg validation images of the dataset the model was trained on, if they exist.
 
     A model exported from a training run (as the quickstart's ``<run>/read/model``) sits next to the run's
-    ``config.json``, whose ``data.dataset_dir`` names the dataset; relative paths are taken from ``root``, where
-    the quickstart runs. Any other model has no such examples.
+    ``config.json``, whose ``data.dataset_dir`` names the dataset. A relative ``dataset_dir`` was relative to where
+    training ran: ``root`` first (where the quickstart runs), then each folder above the model (a repository
+    elsewhere whose ``runs/`` holds the model). Any other model has no such examples.
     """
     run_config = model_dir.parent / "config.json"
     if not run_config.is_file():
@@ -63,8 +64,15 @@ def validation_examples_dir(model_dir: Path, root: Path) -> Path | None:
         return None
     if not isinstance(named, str) or not named:
         return None
-    folder = (Path(named) if Path(named).is_absolute() else root / named) / VAL_IMAGES
-    return folder if folder.is_dir() else None
+    if Path(named).is_absolute():
+        bases = [Path("/")]
+    else:
+        bases = [root, *model_dir.resolve().parents]
+    for base in bases:
+        folder = base / named / VAL_IMAGES
+        if folder.is_dir():
+            return folder
+    return None
 
 
 def collect_examples(folder: Path, limit: int) -> list[Example]:
