@@ -486,7 +486,12 @@ def _same_tree(a, b) -> bool:
     return repr(a) == repr(b)  # e.g. DeepSpeed's loss-scaler object
 
 
-@pytest.mark.parametrize("zero", ["zero2", pytest.param("zero3", marks=pytest.mark.slow)])
+ZERO3_BACKWARD = pytest.mark.xfail(
+    strict=True, raises=RuntimeError, reason="ZeRO-3: the first backward pass fails inside SAM's mask decoder (README)"
+)
+
+
+@pytest.mark.parametrize("zero", ["zero2", pytest.param("zero3", marks=[pytest.mark.slow, ZERO3_BACKWARD])])
 def test_nonfinite_step_is_skipped_without_touching_optimizer_state(ds_world, zero):
     """NaN images give a NaN loss (SasP off: the LISA path runs through to the loss)."""
     good = _batches(5)
