@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +64,16 @@ class Prediction:
     similarity: np.ndarray
 
 
+@dataclass
+class _Encoded:
+    """An image with its preprocessed views and both encoder outputs."""
+
+    image: np.ndarray
+    views: PreprocessedImage
+    features: Tensor
+    sam_embeddings: Tensor
+
+
 class ReadPredictor:
     """Stateful inference: ``set_image`` once, ``predict`` many times (CLIP features and the SAM embedding are
     cached, like ``SamPredictor``).
@@ -71,14 +83,25 @@ class ReadPredictor:
         tokenizer: the matching tokenizer.
         conv_type: conversation template name.
         max_new_tokens: generation budget.
+        cache_images: how many images keep their encodings (least recently used dropped first); ``set_image``
+            with the same pixels as a cached image reuses them. 1 keeps only the current image.
     """
 
     def __init__(
-        self, model: ReadModel, tokenizer: ReadTokenizer, conv_type: str = "llava_v1", max_new_tokens: int = 128
+        self,
+        model: ReadModel,
+        tokenizer: ReadTokenizer,
+        conv_type: str = "llava_v1",
+        max_new_tokens: int = 128,
+        cache_images: int = 1,
     ) -> None:
+        if cache_images < 1:
+            raise ValueError(f"cache_images must be >= 1, got {cache_images}")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
+        self.cache_images = cache_images
+        self._cache: OrderedDict[str, _Encoded] = OrderedDict()
         cfg = model.config
         self.collator = ReadCollator.from_config(cfg, tokenizer, template=conv_type, padding_side="left", inference=True)
         self.image: np.ndarray | None = None
@@ -104,16 +127,33 @@ class ReadPredictor:
             array, path = np.asarray(image), "<array>"
             if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
                 raise ValueError(f"image array must be (H, W, 3) uint8 RGB, got {array.shape} {array.dtype}")
-        views = self.collator.images(array)
-        dtype = next(self.model.llava.parameters()).dtype
-        with torch.no_grad():
-            self._features = self.model.encode_images(views.pixel_values[None].to(self.device, dtype))
-            self._sam_embeddings = self.model.encode_sam_images(views.sam_image[None].to(self.device, dtype))
-        self.image, self.image_path, self._views = array, path, views
+        key = _pixels_key(array)
+        entry = self._cache.pop(key, None)
+        if entry is None:
+            views = self.collator.images(array)
+            dtype = next(self.model.llava.parameters()).dtype
+            with torch.no_grad():
+                features = self.model.encode_images(views.pixel_values[None].to(self.device, dtype))
+                sam_embeddings = self.model.encode_sam_images(views.sam_image[None].to(self.device, dtype))
+            entry = _Encoded(array, views, features, sam_embeddings)
+        self._cache[key] = entry  # most recently used last
+        while len(self._cache) > self.cache_images:
+            self._cache.popitem(last=False)
+        self.image, self.image_path, self._views = entry.image, path, entry.views
+        self._features, self._sam_embeddings = entry.features, entry.sam_embeddings
 
     def reset_image(self) -> None:
+        """Forget the current image and every cached encoding."""
         self.image = self._views = self._features = self._sam_embeddings = None
         self.image_path = ""
+        self._cache.clear()
+
+    def prompt_length(self, query: str) -> int:
+        """Tokens of the prompt row for ``query`` about the current image (image placeholders included), i.e. what
+        the language model reads before the first generated token."""
+        if self.image is None:
+            raise RuntimeError("no image: call set_image(...) first")
+        return int(self._batch(query.strip()).input_ids.shape[1])
 
     def _batch(self, query: str) -> ReadBatch:
         assert self.image is not None
@@ -186,6 +226,13 @@ class ReadPredictor:
         logger.warning("the prompt is %d tokens of the model's %d: the answer is limited to %d new tokens instead of "
                        "%d", prompt_length, context, room, self.max_new_tokens)  # fmt: skip
         return room
+
+
+def _pixels_key(image: np.ndarray) -> str:
+    """Identity of an (H, W, 3) uint8 image by its pixels (a SHA-1 of shape and bytes)."""
+    digest = hashlib.sha1(repr(image.shape).encode())
+    digest.update(np.ascontiguousarray(image).data)
+    return digest.hexdigest()
 
 
 def segment(
