@@ -34,9 +34,12 @@ ROOT = Path(__file__).resolve().parent
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="A web page to ask a READ model about images.")
-    p.add_argument("--model", default=None,
-                   help="model directory (save_pretrained / export_model.py output); default: the newest "
-                        "quickstart model under runs/quickstart/")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="model directory (save_pretrained / export_model.py output); default: the newest "
+        "quickstart model under runs/quickstart/",
+    )
     p.add_argument("--released", action="store_true", help="--model is a released READ/SESAME/LISA checkpoint")
     p.add_argument("--vision_tower", default=None, help="local CLIP tower directory (with --released)")
     p.add_argument("--precision", choices=sorted(PRECISIONS), default=None, help="default: bf16 on GPU, fp32 on CPU")
@@ -45,10 +48,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--load_in_4bit", action="store_true", help="4-bit LM weights via bitsandbytes (GPU)")
     p.add_argument("--conv_type", default="llava_v1", choices=sorted(CONV_TEMPLATES), help="conversation template")
     p.add_argument("--max_new_tokens", type=int, default=128, help="generation budget per answer")
-    p.add_argument("--sasp", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="SasP settings the page starts with, e.g. num_points=60")
-    p.add_argument("--examples", action="append", default=[], metavar="DIR",
-                   help="a folder of example images (repeatable); a ReasonSeg JSON next to an image gives its question")
+    p.add_argument(
+        "--sasp",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="SasP settings the page starts with, e.g. num_points=60",
+    )
+    p.add_argument(
+        "--examples",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder of example images (repeatable); a ReasonSeg JSON next to an image gives its question",
+    )
     p.add_argument("--num_examples", type=int, default=8, help="examples taken from each folder")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=7860)
@@ -98,22 +111,34 @@ def main(argv: list[str] | None = None) -> int:
     from read.app.service import DemoService
 
     service = DemoService(
-        model, tokenizer, conv_type=args.conv_type, max_new_tokens=args.max_new_tokens,
-        max_question_chars=args.max_question_chars, cache_images=args.cache_images,
+        model,
+        tokenizer,
+        conv_type=args.conv_type,
+        max_new_tokens=args.max_new_tokens,
+        max_question_chars=args.max_question_chars,
+        cache_images=args.cache_images,
     )
     try:
         page = build_page(service, examples, model_name=str(model_dir))
         page.queue(max_size=args.queue_size, default_concurrency_limit=1)
         try:
             page.launch(
-                server_name=args.host, server_port=args.port, share=args.share, theme=theme(), css=CSS,
-                allowed_paths=[str(f.resolve()) for f in folders], show_error=False, quiet=True,
+                server_name=args.host,
+                server_port=args.port,
+                share=args.share,
+                theme=theme(),
+                css=CSS,
+                allowed_paths=[str(f.resolve()) for f in folders],
+                show_error=False,
+                quiet=True,
                 prevent_thread_lock=True,
             )
         except OSError as e:  # e.g. the port is taken
             raise ConfigError(f"cannot serve on {args.host}:{args.port}: {e}; choose another --port") from e
-        print(f"serving {page.local_url}" + (f" and {page.share_url}" if page.share_url else "") + "; Ctrl-C stops",
-              flush=True)
+        print(
+            f"serving {page.local_url}" + (f" and {page.share_url}" if page.share_url else "") + "; Ctrl-C stops",
+            flush=True,
+        )
         page.block_thread()
     finally:
         service.close()

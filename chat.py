@@ -44,8 +44,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vision_tower", default=None, help="local CLIP tower directory (with --released)")
     p.add_argument("--image", default=None, help="image path: with --query, answer once and exit")
     p.add_argument("--query", default=None, help="question about --image")
-    p.add_argument("--out_dir", default="chat_outputs", help="each run writes its PNGs into a new <date>-<time> "
-                   "folder under this one")
+    p.add_argument(
+        "--out_dir",
+        default="chat_outputs",
+        help="each run writes its PNGs into a new <date>-<time> folder under this one",
+    )
     p.add_argument("--precision", choices=sorted(PRECISIONS), default=None, help="default: bf16 on GPU, fp32 on CPU")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--load_in_8bit", action="store_true", help="8-bit LM weights via bitsandbytes (GPU)")

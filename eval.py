@@ -44,12 +44,12 @@ import torch.distributed as dist
 
 from read.cli import add_debug_flag, check_output_dir, run_main
 from read.config import ReadConfig, parse_overrides
-from read.distributed import setup_distributed
-from read.model.dtypes import PRECISIONS
 from read.data.refer import FALSE_PREMISE_DATASETS, REFER_DATASETS, REFER_PROTOCOLS
+from read.distributed import setup_distributed
 from read.errors import ConfigError, MissingFileError
 from read.evaluation import EvalConfig, EvalResult, evaluate, format_table
 from read.fingerprint import DIGEST_CACHE, shared_weights_fingerprint
+from read.model.dtypes import PRECISIONS
 
 logger = logging.getLogger("eval")
 
@@ -303,8 +303,12 @@ def main(argv: list[str] | None = None) -> dict[str, EvalResult]:
         out = {
             "settings": settings,
             "results": {
-                m: {**r.scores, "evaluated_images": r.evaluated, "resumed_images": r.resumed,
-                    "restart_reason": r.restart_reason}
+                m: {
+                    **r.scores,
+                    "evaluated_images": r.evaluated,
+                    "resumed_images": r.resumed,
+                    "restart_reason": r.restart_reason,
+                }
                 for m, r in results.items()
             },  # fmt: skip
             "invalid": split_set.invalid,

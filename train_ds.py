@@ -40,10 +40,10 @@ from torch.utils.data import DataLoader
 
 from read.cli import add_debug_flag, run_main
 from read.config import ReadConfig, load_config
-from read.distributed import DistInfo, setup_distributed
 from read.data.collate import ReadCollator
 from read.data.eval_sets import build_eval_dataset
 from read.data.mixture import MixtureDataset, build_train_dataset, samples_per_epoch
+from read.distributed import DistInfo, setup_distributed
 from read.errors import ConfigError, MissingFileError, MissingPackageError
 from read.model.trainable import prepare_for_training
 from read.training.checkpoint import (

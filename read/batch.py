@@ -83,7 +83,9 @@ class ReadBatch:
                 f"expected {b} original/resized sizes, got {len(self.original_sizes)}/{len(self.resized_sizes)}"
             )
         if self.attention_mask.shape != self.input_ids.shape:
-            raise ValueError(f"attention_mask {tuple(self.attention_mask.shape)} != input_ids {tuple(self.input_ids.shape)}")
+            raise ValueError(
+                f"attention_mask {tuple(self.attention_mask.shape)} != input_ids {tuple(self.input_ids.shape)}"
+            )
         if self.image_index.shape != (r,):
             raise ValueError(f"image_index must have shape ({r},), got {tuple(self.image_index.shape)}")
         if r and (int(self.image_index.min()) < 0 or int(self.image_index.max()) >= b):

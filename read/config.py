@@ -355,9 +355,7 @@ def _validate_model(m: ModelConfig) -> None:
 
 def _validate_data(d: DataConfig) -> None:
     if len(d.sample_rates) != len(d.datasets):
-        raise ConfigError(
-            f"data.sample_rates has {len(d.sample_rates)} entries for {len(d.datasets)} data.datasets"
-        )
+        raise ConfigError(f"data.sample_rates has {len(d.sample_rates)} entries for {len(d.datasets)} data.datasets")
     if d.datasets and (any(r < 0 for r in d.sample_rates) or sum(d.sample_rates) <= 0):
         raise ConfigError(f"data.sample_rates must be >= 0 with a positive sum, got {d.sample_rates}")
     for key in ("model_max_length", "num_classes_per_sample", "max_sample_attempts"):

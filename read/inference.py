@@ -103,7 +103,9 @@ class ReadPredictor:
         self.cache_images = cache_images
         self._cache: OrderedDict[str, _Encoded] = OrderedDict()
         cfg = model.config
-        self.collator = ReadCollator.from_config(cfg, tokenizer, template=conv_type, padding_side="left", inference=True)
+        self.collator = ReadCollator.from_config(
+            cfg, tokenizer, template=conv_type, padding_side="left", inference=True
+        )
         self.image: np.ndarray | None = None
         self.image_path = ""
         self._views: PreprocessedImage | None = None
@@ -208,7 +210,6 @@ class ReadPredictor:
             point_labels=out.point_labels[0].detach().cpu().numpy(),
             similarity=out.similarity[0].detach().float().cpu().numpy(),
         )
-
 
     def _generation_budget(self, query: str, prompt_length: int) -> int:
         """``max_new_tokens``, lowered to what the context leaves after a prompt of ``prompt_length`` tokens."""

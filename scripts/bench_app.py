@@ -78,11 +78,15 @@ def main(argv: list[str] | None = None) -> int:
                 t_cached = ask(page, question)
                 first.append(t_first)
                 cached.append(t_cached)
-                print(f"{image.name:>16}  new image {t_first:6.3f} s  cached {t_cached:6.3f} s  "
-                      f"answer {shown.answer!r}  {shown.status}")
+                print(
+                    f"{image.name:>16}  new image {t_first:6.3f} s  cached {t_cached:6.3f} s  "
+                    f"answer {shown.answer!r}  {shown.status}"
+                )
     a, b = statistics.median(first), statistics.median(cached)
-    print(f"median over {len(cases)} images: new image {a:.3f} s, cached image {b:.3f} s "
-          f"(the cache saves {a - b:.3f} s, x{a / b:.2f})")
+    print(
+        f"median over {len(cases)} images: new image {a:.3f} s, cached image {b:.3f} s "
+        f"(the cache saves {a - b:.3f} s, x{a / b:.2f})"
+    )
     if args.screenshot:
         print(f"screenshot: {args.screenshot}")
     return 0

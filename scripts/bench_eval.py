@@ -70,7 +70,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--images", type=int, default=192, help="images per timed run (longer runs average out noise)")
     p.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 8])
     p.add_argument("--mode", choices=("teacher", "generate"), default="teacher")
-    p.add_argument("--max_new_tokens", type=int, default=32, help="generation budget (the scripted answers are shorter)")
+    p.add_argument(
+        "--max_new_tokens", type=int, default=32, help="generation budget (the scripted answers are shorter)"
+    )
     p.add_argument("--seg_answer", type=int, default=7, help="generate: tokens of the scripted answer with [SEG]")
     p.add_argument("--other_answer", type=int, default=18, help="generate: tokens of the answer without [SEG]")
     p.add_argument("--repeats", type=int, default=5)
@@ -204,8 +206,15 @@ def answer_pool(dataset: Any, collator: ReadCollator, tokenizer: ReadTokenizer) 
     for i in range(len(dataset)):
         for query in dataset[i].queries:
             used.update(collator.encode_query(query).input_ids)
-    special = {tokenizer.seg_token_id, tokenizer.image_token_id, tokenizer.im_start_token_id,
-               tokenizer.im_end_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.bos_token_id}
+    special = {
+        tokenizer.seg_token_id,
+        tokenizer.image_token_id,
+        tokenizer.im_start_token_id,
+        tokenizer.im_end_token_id,
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+        tokenizer.bos_token_id,
+    }
     return [t for t in range(tokenizer.seg_token_id - 1, 2, -1) if t not in used and t not in special]
 
 
@@ -256,7 +265,9 @@ def main() -> int:
         dataset = build_eval_dataset(tmp, "ReasonSeg", "val", generation=generate)
         scripts = None
         if generate:
-            collator = ReadCollator.from_config(cfg, tokenizer, template="llava_v1", padding_side="left", inference=True)
+            collator = ReadCollator.from_config(
+                cfg, tokenizer, template="llava_v1", padding_side="left", inference=True
+            )
             calibration = collator([dataset[i] for i in range(min(8, len(dataset)))])
             scripts = script_answers(
                 model, calibration, token_pool=answer_pool(dataset, collator, tokenizer),

@@ -337,10 +337,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset_dir", required=True, help="dataset root (the layout of README 'Data')")
     parser.add_argument("--datasets", nargs="+", default=list(TYPES), help="types or single datasets to check")
     parser.add_argument("--decode", action="store_true", help="decode every image, label map and mask")
-    parser.add_argument("--refer_protocol", choices=REFER_PROTOCOLS, default="auto",
-                        help="refs-file convention (auto: READ/SESAME's file when present, else the standard one)")
-    parser.add_argument("--reason_seg_data", default="ReasonSeg",
-                        help="the reason_seg type's data: a folder (its splits that exist) or folder|splits")
+    parser.add_argument(
+        "--refer_protocol",
+        choices=REFER_PROTOCOLS,
+        default="auto",
+        help="refs-file convention (auto: READ/SESAME's file when present, else the standard one)",
+    )
+    parser.add_argument(
+        "--reason_seg_data",
+        default="ReasonSeg",
+        help="the reason_seg type's data: a folder (its splits that exist) or folder|splits",
+    )
     add_debug_flag(parser)
     args = parser.parse_args(argv)
     if not os.path.isdir(args.dataset_dir):

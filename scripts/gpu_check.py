@@ -56,6 +56,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import bench_scale  # noqa: E402
+
 from read.batch import ReadBatch  # noqa: E402
 from read.config import ReadConfig, load_config  # noqa: E402
 from read.constants import IGNORE_INDEX  # noqa: E402
@@ -181,6 +182,7 @@ class Recorder:
 
 def part_sasp(args: argparse.Namespace, device: torch.device, rec: Recorder) -> None:
     from bench_sasp import SIZES
+
     from read.model.sasp import SasP
 
     cfg, _ = check_config(args, device)
@@ -208,8 +210,8 @@ def part_sasp(args: argparse.Namespace, device: torch.device, rec: Recorder) -> 
 
 
 def part_train(args: argparse.Namespace, device: torch.device, rec: Recorder) -> None:
-    from read.tools.memory import StepShape, estimate_memory
     from read.distributed import setup_distributed
+    from read.tools.memory import StepShape, estimate_memory
     from read.training.engine import build_deepspeed_config, create_engine
     from read.training.loop import train_step
 
@@ -310,11 +312,19 @@ def part_inference(args: argparse.Namespace, device: torch.device, rec: Recorder
         reset_peak(device)
         for i, batch in enumerate(batches):
             out: list[Any] = []
-            t = timed(lambda: out.append(model.generate(batch, max_new_tokens=tokens, eos_token_id=None,
-                                                        pad_token_id=ids.pad, use_cache=use_cache)), device)
+            t = timed(
+                lambda: out.append(
+                    model.generate(
+                        batch, max_new_tokens=tokens, eos_token_id=None, pad_token_id=ids.pad, use_cache=use_cache
+                    )
+                ),
+                device,
+            )
             new_tokens = out[0][0]
             if new_tokens.shape != (batch_size, tokens):
-                raise RuntimeError(f"{label}: expected {batch_size} x {tokens} new tokens, got {tuple(new_tokens.shape)}")
+                raise RuntimeError(
+                    f"{label}: expected {batch_size} x {tokens} new tokens, got {tuple(new_tokens.shape)}"
+                )
             if i:
                 times.append(t)
                 seg_rows += int((new_tokens == ids.seg).any(1).sum())
@@ -421,8 +431,12 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        env.update(card=props.name, memory_gib=round(props.total_memory / GiB, 1),
-                   capability=f"sm_{props.major}{props.minor}", multiprocessors=props.multi_processor_count)
+        env.update(
+            card=props.name,
+            memory_gib=round(props.total_memory / GiB, 1),
+            capability=f"sm_{props.major}{props.minor}",
+            multiprocessors=props.multi_processor_count,
+        )
         try:
             env["driver"] = subprocess.run(
                 ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],

@@ -255,9 +255,8 @@ def write_clip_tower(directory: Path, seed: int) -> None:
 
 def build_model(read_module: types.ModuleType, tokenizer, clip_dir: str, seed: int):
     """READForCausalLM with random weights, extended, wrapped and made trainable the way READ's training does."""
-    from peft import LoraConfig, get_peft_model
-
     from model.llava.model.language_model.llava_llama import LlavaConfig
+    from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)
     config = LlavaConfig(
@@ -373,9 +372,9 @@ def run(args: argparse.Namespace) -> None:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     read_module = import_read(args.read)
-    from safetensors.torch import save_file
-
     import os
+
+    from safetensors.torch import save_file
 
     os.chdir(out)  # config.json names the CLIP tower "clip", relative to the working directory, as READ reads it
     write_clip_tower(Path("clip"), args.seed + 1)

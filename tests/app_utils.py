@@ -15,7 +15,9 @@ def seg_model(tokenizer: ReadTokenizer, *overrides: str, seed: int = 0) -> ReadM
     ``u`` as ``[SEG]`` and ``-u`` as EOS. ``max_new_tokens=n`` gives an answer of n ``[SEG]``."""
     torch.manual_seed(seed)
     model = build_read_model(
-        tiny_config(*overrides), len(tokenizer), seg_token_id=tokenizer.seg_token_id,
+        tiny_config(*overrides),
+        len(tokenizer),
+        seg_token_id=tokenizer.seg_token_id,
         image_token_id=tokenizer.image_token_id,
     )
     emb = model.llava.get_input_embeddings().weight.data

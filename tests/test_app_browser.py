@@ -19,7 +19,15 @@ import pytest
 from app_utils import seg_model
 from fixtures import random_image
 from read.app.browser import (
-    BrowserNotFound, ask, clear_image, find_chromium, open_page, read_page, serve, set_slider, upload_image,
+    BrowserNotFound,
+    ask,
+    clear_image,
+    find_chromium,
+    open_page,
+    read_page,
+    serve,
+    set_slider,
+    upload_image,
 )
 from read.app.page import IDS
 from read.app.render import similarity_panels
@@ -64,8 +72,16 @@ def reference(files):
 
 @pytest.fixture(scope="module")
 def page(chromium, files):
-    args = ["--model", str(files / "model"), "--max_new_tokens", str(NEW_TOKENS), "--examples",
-            str(files / "examples"), "--max_question_chars", "300"]
+    args = [
+        "--model",
+        str(files / "model"),
+        "--max_new_tokens",
+        str(NEW_TOKENS),
+        "--examples",
+        str(files / "examples"),
+        "--max_question_chars",
+        "300",
+    ]
     with serve(args, log=files / "server.log") as url, open_page(url) as page:
         yield page
 
@@ -142,8 +158,10 @@ def test_unreadable_image_is_an_error_in_the_page(page, files):
     upload_image(page, files / "broken.png")
     ask(page, QUESTION)
     shown = read_page(page)
-    assert shown.status == ("error: cannot read the image broken.png: it is not an image file that OpenCV or PIL "
-                            "can decode; upload a JPEG or PNG")
+    assert shown.status == (
+        "error: cannot read the image broken.png: it is not an image file that OpenCV or PIL "
+        "can decode; upload a JPEG or PNG"
+    )
     assert shown.answer == "" and shown.mask_links == []
 
 

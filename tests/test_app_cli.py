@@ -9,8 +9,8 @@ import socket
 import pytest
 
 import app
-from read.cli import run_main
 from read.app.discovery import collect_examples, newest_quickstart_model, validation_examples_dir
+from read.cli import run_main
 from read.errors import UserError
 
 

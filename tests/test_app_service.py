@@ -12,7 +12,12 @@ import torch
 
 from app_utils import seg_model, silent_model
 from read.app.render import (
-    SEPARATOR, mask_colour, mask_edge, masks_overlay, similarity_panels, write_mask_pngs,
+    SEPARATOR,
+    mask_colour,
+    mask_edge,
+    masks_overlay,
+    similarity_panels,
+    write_mask_pngs,
 )
 from read.app.service import DemoInputError, DemoService, SaspSettings, _status
 from read.inference import segment
@@ -117,8 +122,10 @@ def test_too_many_tokens_is_refused_before_generation(model, tiny_tokenizer, ima
     question = " ".join(["where"] * 600)
     tokens = service.predictor.prompt_length(question)
     assert tokens > 512 - 3 > short
-    with pytest.raises(DemoInputError, match=f"the prompt takes {tokens} tokens and the answer up to 3, but the "
-                                             "model reads at most 512"):
+    with pytest.raises(
+        DemoInputError,
+        match=f"the prompt takes {tokens} tokens and the answer up to 3, but the model reads at most 512",
+    ):
         service.ask(image_file[0], question, SaspSettings.of_model(model))
 
 
@@ -162,6 +169,7 @@ def test_sasp_settings_apply_to_one_request_only(model, tiny_tokenizer, image_fi
     finally:
         model.point_prompter = own
     np.testing.assert_array_equal(off.prediction.masks, want.masks)
+
     # restored even when the request fails inside the model
     def boom(*a, **k):
         raise RuntimeError("decoder failure")
@@ -250,8 +258,15 @@ def test_write_mask_pngs_keeps_empty_masks(tmp_path):
 def test_similarity_panels_none_without_maps():
     from read.inference import Prediction
 
-    pred = Prediction("no", np.zeros((0, 2, 2), bool), torch.zeros(0, 2, 2), False,
-                      np.zeros((0, 0, 2)), np.zeros((0, 0)), np.zeros((0, 0)))
+    pred = Prediction(
+        "no",
+        np.zeros((0, 2, 2), bool),
+        torch.zeros(0, 2, 2),
+        False,
+        np.zeros((0, 0, 2)),
+        np.zeros((0, 0)),
+        np.zeros((0, 0)),
+    )
     assert similarity_panels(np.zeros((2, 2, 3), np.uint8), pred, 32) is None
 
 

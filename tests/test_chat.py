@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import chat
-from read.cli import run_main
 from model_utils import tiny_config
+from read.cli import run_main
 from read.inference import PromptTooLongError, ReadPredictor
 from read.model import build_read_model, from_pretrained, save_pretrained
 from read.outputs import RunFolder, fresh_run_dir
@@ -28,7 +28,9 @@ def tiny_tokenizer_for(model_dir):
 def model_dir(tmp_path_factory, tiny_tokenizer):
     torch.manual_seed(0)
     model = build_read_model(
-        tiny_config(), len(tiny_tokenizer), seg_token_id=tiny_tokenizer.seg_token_id,
+        tiny_config(),
+        len(tiny_tokenizer),
+        seg_token_id=tiny_tokenizer.seg_token_id,
         image_token_id=tiny_tokenizer.image_token_id,
     )
     head = model.llava.lm_head.weight.data
@@ -54,8 +56,20 @@ def run_folders(root):
 
 def test_one_shot_writes_the_three_pngs(model_dir, image_path, tmp_path, capsys):
     root = tmp_path / "out"
-    code = chat.main(["--model", str(model_dir), "--image", str(image_path), "--query", "the red circle",
-                      "--out_dir", str(root), "--max_new_tokens", "4"])
+    code = chat.main(
+        [
+            "--model",
+            str(model_dir),
+            "--image",
+            str(image_path),
+            "--query",
+            "the red circle",
+            "--out_dir",
+            str(root),
+            "--max_new_tokens",
+            "4",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "READ:" in printed and "[SEG]" in printed
@@ -68,17 +82,24 @@ def test_one_shot_writes_the_three_pngs(model_dir, image_path, tmp_path, capsys)
         assert str(out / name) in printed
 
 
-def test_interactive_loop_recovers_from_bad_input_and_exits_on_eof(model_dir, image_path, tmp_path, monkeypatch, capsys):
+def test_interactive_loop_recovers_from_bad_input_and_exits_on_eof(
+    model_dir, image_path, tmp_path, monkeypatch, capsys
+):
     bad = tmp_path / "notes.txt"
     bad.write_text("not an image")
-    answers = iter([
-        "",                       # no image yet
-        str(tmp_path / "nope.jpg"),  # missing file
-        str(bad),                 # not an image
-        str(image_path), "",      # empty question
-        "", "where is it?",       # keep the image, ask
-        "", "and now?",           # cached image again
-    ])
+    answers = iter(
+        [
+            "",  # no image yet
+            str(tmp_path / "nope.jpg"),  # missing file
+            str(bad),  # not an image
+            str(image_path),
+            "",  # empty question
+            "",
+            "where is it?",  # keep the image, ask
+            "",
+            "and now?",  # cached image again
+        ]
+    )
 
     def fake_input(prompt=""):
         try:
@@ -162,11 +183,34 @@ def test_ctrl_c_exits_cleanly(model_dir, monkeypatch, capsys, tmp_path):
 
 
 def test_clear_errors_for_bad_model_dir_and_quantisation_on_cpu(model_dir, image_path, tmp_path, capsys):
-    argv = ["--model", str(tmp_path / "missing"), "--image", str(image_path), "--query", "x", "--out_dir", str(tmp_path)]
+    argv = [
+        "--model",
+        str(tmp_path / "missing"),
+        "--image",
+        str(image_path),
+        "--query",
+        "x",
+        "--out_dir",
+        str(tmp_path),
+    ]
     assert run_main(chat.main, argv) == 1
     assert capsys.readouterr().err == f"error: --model {tmp_path / 'missing'} is not a directory\n"
-    code = run_main(chat.main, ["--model", str(model_dir), "--device", "cpu", "--load_in_8bit",
-                                "--image", str(image_path), "--query", "x", "--out_dir", str(tmp_path)])
+    code = run_main(
+        chat.main,
+        [
+            "--model",
+            str(model_dir),
+            "--device",
+            "cpu",
+            "--load_in_8bit",
+            "--image",
+            str(image_path),
+            "--query",
+            "x",
+            "--out_dir",
+            str(tmp_path),
+        ],
+    )
     assert code == 1
     assert capsys.readouterr().err == "error: 8-bit loading needs a CUDA device (bitsandbytes); got cpu\n"
 

@@ -242,8 +242,12 @@ def test_chat_unknown_conversation_template(model_dir, capsys):
     assert done.value.code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    assert err.strip().splitlines()[-1].endswith(
-        "error: argument --conv_type: invalid choice: 'nope' (choose from 'llava_llama_2', 'llava_v1', 'vicuna_v1')"
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .endswith(
+            "error: argument --conv_type: invalid choice: 'nope' (choose from 'llava_llama_2', 'llava_v1', 'vicuna_v1')"
+        )
     )
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from fixtures import (
     DEGENERATE_SHAPES,
+    _sent,
     refcoco_world,
     truncate_file,
     write_bad_reason_seg_items,
@@ -23,7 +24,6 @@ from fixtures import (
     write_reason_seg_item,
     write_refcoco,
     write_refer,
-    _sent,
 )
 from read.data.collate import ReadCollator
 from read.data.eval_sets import InvalidSplitError, build_eval_dataset

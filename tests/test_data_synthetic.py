@@ -210,7 +210,7 @@ def test_false_premise_queries_name_absent_objects_and_do_not_change_the_scene()
     for i in range(12):
         image, ann = generate_item(CFG, "train", i, 4)
         present = {(o["color"], o["shape"]) for o in ann["synthetic"]["objects"]}
-        (query, is_sentence, answer), = ann["false_premise_QA"]
+        ((query, is_sentence, answer),) = ann["false_premise_QA"]
         colour, shape = query.split(" ")
         assert (colour, shape) not in present and (colour, shape) not in set(CFG.holdout)
         assert is_sentence is False and answer == f"There is no {colour} {shape} in this image."

@@ -18,13 +18,6 @@ import pytest
 import torch
 
 from fixtures import rect_polygon, write_fprefcoco, write_refcoco
-from test_eval_support import (
-    emit_seg_for_some,
-    reference_counts,
-    reference_scores,
-    tiny_eval_model,
-    write_reason_seg_split,
-)
 from read.data.collate import ReadCollator
 from read.data.eval_sets import build_eval_dataset
 from read.data.sample import DataError, InvalidAnnotation
@@ -37,6 +30,13 @@ from read.evaluation import (
     rle_encode,
     shard,
     summarize,
+)
+from test_eval_support import (
+    emit_seg_for_some,
+    reference_counts,
+    reference_scores,
+    tiny_eval_model,
+    write_reason_seg_split,
 )
 
 N_IMAGES = 11
@@ -402,8 +402,11 @@ def test_empty_target_of_an_existing_object_stops_the_evaluation(mode, model, ti
 def test_prompt_longer_than_the_context_is_refused(tiny_tokenizer, teacher_set):
     """tiny_test.yaml has a 512-token context; a 64-token one cannot hold the 16 image tokens and the template."""
     short = tiny_eval_model(tiny_tokenizer, "model.text.max_position_embeddings=64")
-    with pytest.raises(DataError, match=r"img00\.jpg: the prompt is \d+ tokens \(image tokens included\), longer than "
-                                        r"the model's context of 64"):
+    with pytest.raises(
+        DataError,
+        match=r"img00\.jpg: the prompt is \d+ tokens \(image tokens included\), longer than "
+        r"the model's context of 64",
+    ):
         evaluate(short, tiny_tokenizer, teacher_set, EvalConfig(batch_size=2))
 
 

@@ -15,13 +15,13 @@ import pytest
 import torch
 
 from fixtures import DEGENERATE_SHAPES, truncate_file, write_reason_seg_item
-from released_fixtures import Sizes, write_clip_tower, write_released_checkpoint
-from test_eval_support import tiny_eval_model, write_reason_seg_split
 from read.cli import run_main
 from read.data import templates as T
 from read.data.eval_sets import build_eval_dataset
 from read.evaluation import EvalConfig, evaluate, rle_decode
 from read.model import save_pretrained
+from released_fixtures import Sizes, write_clip_tower, write_released_checkpoint
+from test_eval_support import tiny_eval_model, write_reason_seg_split
 
 ROOT = Path(__file__).resolve().parents[1]
 N_IMAGES = 7

@@ -18,10 +18,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from test_eval_support import tiny_eval_model, write_reason_seg_split
 from read.data.eval_sets import build_eval_dataset
 from read.evaluation import EvalConfig, evaluate
 from read.model import save_pretrained
+from test_eval_support import tiny_eval_model, write_reason_seg_split
 
 ROOT = Path(__file__).resolve().parents[1]
 N_IMAGES = 9
@@ -125,7 +125,10 @@ def test_torchrun_eval_cli_matches_one_process(setup, tiny_tokenizer, tmp_path):
     )  # fmt: skip
     subprocess.run(
         [sys.executable, str(ROOT / "eval.py"), *common, "--output_dir", str(tmp_path / "one")],
-        check=True, env=env, cwd=ROOT, timeout=600,
+        check=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
     )
     two = json.loads((tmp_path / "two" / "results.json").read_text())
     one = json.loads((tmp_path / "one" / "results.json").read_text())

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from released_fixtures import Sizes, write_clip_tower, write_released_checkpoint
+import read.fingerprint as fingerprint_module
 from read.fingerprint import (
     DigestCache,
     describe_change,
@@ -15,7 +15,7 @@ from read.fingerprint import (
     model_files,
     weights_fingerprint,
 )
-import read.fingerprint as fingerprint_module
+from released_fixtures import Sizes, write_clip_tower, write_released_checkpoint
 
 
 def test_file_sha256_is_the_content_digest(tmp_path):
@@ -66,8 +66,9 @@ def test_model_files_of_both_layouts(tmp_path):
     assert fp["model/pytorch_model-00002-of-00002.bin"] == hashlib.sha256(shard.read_bytes()).hexdigest()
     # another checkpoint written into the same directory: the changed shards are named
     write_released_checkpoint(released, "read", Sizes(), seed=1)
-    change = describe_change({"weights": fp}, {"weights": weights_fingerprint({"model": released,
-                                                                               "vision_tower": tower}, cache)})
+    change = describe_change(
+        {"weights": fp}, {"weights": weights_fingerprint({"model": released, "vision_tower": tower}, cache)}
+    )
     assert change == "weights changed (model/pytorch_model-00001-of-00002.bin, model/pytorch_model-00002-of-00002.bin)"
 
 

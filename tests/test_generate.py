@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from model_utils import SEG, make_batch, tiny_config, tiny_model
-from test_eval_support import tiny_eval_model, write_reason_seg_split
 from read.data.collate import ReadCollator
 from read.data.eval_sets import build_eval_dataset
 from read.evaluation import EvalConfig, evaluate
+from test_eval_support import tiny_eval_model, write_reason_seg_split
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))

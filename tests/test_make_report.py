@@ -94,7 +94,11 @@ def test_make_report_end_to_end(tmp_path, capsys):
     assert metrics["runs"]["read"]["train_steps"] == 30
     assert metrics["runs"]["read"]["final_train_losses"]["train/bce_loss"] == 0.5
     assert metrics["timing_s"] == {"setup": 1.0, "train_read": 2.5}
-    assert metrics["files"] == {"metrics": "metrics.json", "loss_curve": "loss_curve.png", "predictions": "predictions.png"}
+    assert metrics["files"] == {
+        "metrics": "metrics.json",
+        "loss_curve": "loss_curve.png",
+        "predictions": "predictions.png",
+    }
     curve = cv2.imread(str(tmp_path / "report" / "loss_curve.png"))
     assert curve is not None and curve.shape[0] > 100
     grid = cv2.imread(str(tmp_path / "report" / "predictions.png"))

@@ -33,8 +33,8 @@ from read.config import LoraConfig, SaspConfig
 from read.constants import CLIP_MEAN, CLIP_STD, IGNORE_INDEX, SAM_PIXEL_MEAN, SAM_PIXEL_STD
 from read.model.read_model import seg_prompt_mask
 from read.model.released import load_released, map_released_state_dict
-from read.model.trainable import prepare_for_training
 from read.model.sasp import select_points
+from read.model.trainable import prepare_for_training
 
 GOLDEN = Path(__file__).resolve().parent / "goldens" / "read_reference"
 IMAGE_TOKEN_INDEX = -200  # LLaVA's image sentinel in READ's token ids

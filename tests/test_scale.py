@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from model_utils import BASE_VOCAB, IM_END, IM_START, IMAGE, ROOT, SEG, VOCAB, make_batch, tiny_config, tiny_model
 from read.config import load_config
-from read.model.trainable import GROUPS
+from read.model import build_read_model, from_pretrained, save_pretrained
+from read.model.trainable import GROUPS, NewTokenRows, merge_lora, prepare_for_training
 from read.tools.memory import (
     StepShape,
     count_parameters,
@@ -27,8 +28,6 @@ from read.tools.memory import (
     sam_prompt_encoder_params,
     seg_projector_params,
 )
-from read.model import build_read_model, from_pretrained, save_pretrained
-from read.model.trainable import NewTokenRows, merge_lora, prepare_for_training
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import bench_scale  # noqa: E402
@@ -332,7 +331,10 @@ def test_estimate_orders_the_memory_levers():
     assert full.optimizer - rows.optimizer == 2 * 2 * (2 * 4096 * 32000)  # bf16 moments, plain AdamW
     cfg = load_config(None, base)
     t = full.trainable
-    assert optimizer_bytes(cfg, t, optimizer="deepspeed", zero_stage=2, world_size=8) == (2 * t + 4 * t // 8, 12 * t // 8)
+    assert optimizer_bytes(cfg, t, optimizer="deepspeed", zero_stage=2, world_size=8) == (
+        2 * t + 4 * t // 8,
+        12 * t // 8,
+    )
     assert optimizer_bytes(cfg, t, optimizer="deepspeed", zero_stage=2, offload_optimizer=True) == (2 * t, 0)
     assert estimate_memory(cfg, 32004, shape, training=False).gradients == 0
 
@@ -359,9 +361,22 @@ def test_synthetic_batch_has_the_real_layout():
 
 def test_bench_runs_and_its_counts_match(tmp_path, capsys):
     result = bench_scale.main(
-        ["--config", str(ROOT / "configs" / "tiny_test.yaml"), "--steps", "1", "--eval_steps", "1", "--warmup", "0",
-         "--device", "cpu", "--json", str(tmp_path / "r.json"), "model.text.vocab_size=100",
-         "lora.train_embeddings=new_rows"]
+        [
+            "--config",
+            str(ROOT / "configs" / "tiny_test.yaml"),
+            "--steps",
+            "1",
+            "--eval_steps",
+            "1",
+            "--warmup",
+            "0",
+            "--device",
+            "cpu",
+            "--json",
+            str(tmp_path / "r.json"),
+            "model.text.vocab_size=100",
+            "lora.train_embeddings=new_rows",
+        ]
     )
     out = capsys.readouterr().out
     assert result["parameter_mismatch"] == [] and "formula == built model" in out

@@ -25,15 +25,14 @@ from model_utils import SEG, TINY_CONFIG, make_batch, tiny_config, tiny_model
 from read.cli import run_main
 from read.config import load_config
 from read.data.synthetic import SyntheticConfig, make_synthetic
+from read.distributed import DistInfo, setup_distributed
 from read.errors import UnsafeFileError
 from read.model import from_pretrained
+from read.model.sasp import NonFiniteActivation
 from read.model.trainable import prepare_for_training
 from read.training.checkpoint import CheckpointManager
-from read.distributed import DistInfo, setup_distributed
 from read.training.engine import create_engine
 from read.training.export import consolidated_state_dict, export_checkpoint
-from read.training.safe_checkpoint import load_file
-from read.model.sasp import NonFiniteActivation
 from read.training.loop import (
     NonFiniteLossError,
     TrainState,
@@ -41,6 +40,7 @@ from read.training.loop import (
     train_step,
 )
 from read.training.resume import ResumeConfigError
+from read.training.safe_checkpoint import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT / "tests" / "assets" / "tiny_tokenizer"
@@ -171,7 +171,8 @@ def test_trains_logs_and_checkpoints(run_a):
     assert [e["skipped_samples"] for e in epochs] == expected
     assert sum(row["skipped_samples"] for row in rows.values()) == sum(expected) == state.skipped_samples
     assert [f"skipped steps 0, bad samples {n} |" in h["summary"] for h, n in zip(state.history, expected)] == [
-        True, True
+        True,
+        True,
     ]
 
 

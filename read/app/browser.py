@@ -247,9 +247,7 @@ def read_page(page: Any) -> PageState:
         )
         return (int(got[0]), int(got[1])) if got else None
 
-    links = page.evaluate(
-        f"() => Array.from(document.querySelectorAll('#{IDS['masks']} a[href]')).map(a => a.href)"
-    )
+    links = page.evaluate(f"() => Array.from(document.querySelectorAll('#{IDS['masks']} a[href]')).map(a => a.href)")
     return PageState(
         status=page.inner_text(f"#{IDS['status']}").strip(),
         answer=page.input_value(f"#{IDS['answer']} textarea"),

@@ -90,25 +90,27 @@ def build_page(
         gr.Markdown(
             f"# {title}: reasoning segmentation\n"
             "Upload an image (or pick an example), ask a question about it, and the model answers; each `[SEG]` "
-            "in the answer becomes a mask."
-            + (f"\n\nModel: `{model_name}`" if model_name else "")
+            "in the answer becomes a mask." + (f"\n\nModel: `{model_name}`" if model_name else "")
         )
         with gr.Row():
             with gr.Column():
-                image = uploaded_image(
-                    sources=["upload", "clipboard"], label="Image", height=320, elem_id=IDS["image"]
-                )
+                image = uploaded_image(sources=["upload", "clipboard"], label="Image", height=320, elem_id=IDS["image"])
                 question = gr.Textbox(
                     lines=2, label="Question", placeholder="Which object ...?", elem_id=IDS["question"]
                 )
                 ask = gr.Button("Ask", variant="primary", elem_id=IDS["ask"])
                 with gr.Accordion("SasP settings (similarity as points)", open=True):
                     enabled = gr.Checkbox(
-                        value=s.enabled, label="SasP on (off: SAM gets the [SEG] embedding only, as LISA)",
+                        value=s.enabled,
+                        label="SasP on (off: SAM gets the [SEG] embedding only, as LISA)",
                         elem_id=IDS["sasp_enabled"],
                     )
                     num_points = gr.Slider(
-                        1, max_points, value=s.num_points, step=1, label="number of points",
+                        1,
+                        max_points,
+                        value=s.num_points,
+                        step=1,
+                        label="number of points",
                         elem_id=IDS["num_points"],
                     )
                     t_pos = gr.Slider(
@@ -118,7 +120,11 @@ def build_page(
                         0.0, 1.0, value=s.t_neg, step=0.01, label="negative threshold (t_neg)", elem_id=IDS["t_neg"]
                     )
                     down_sample = gr.Slider(
-                        1, max(side, 1), value=s.down_sample, step=1, label="down-sampling of the point grid",
+                        1,
+                        max(side, 1),
+                        value=s.down_sample,
+                        step=1,
+                        label="down-sampling of the point grid",
                         elem_id=IDS["down_sample"],
                     )
                 if examples:
@@ -133,11 +139,17 @@ def build_page(
                 answer = gr.Textbox(label="Answer", interactive=False, elem_id=IDS["answer"])
                 overlay = gr.Image(
                     label="Masks (one colour per [SEG]: " + ", ".join(COLOUR_NAMES) + ")",
-                    format="png", interactive=False, height=320, elem_id=IDS["overlay"],
+                    format="png",
+                    interactive=False,
+                    height=320,
+                    elem_id=IDS["overlay"],
                 )
                 similarity = gr.Image(
                     label="[SEG] similarity and SasP points (green positive, red negative, grey neutral)",
-                    format="png", interactive=False, height=320, elem_id=IDS["similarity"],
+                    format="png",
+                    interactive=False,
+                    height=320,
+                    elem_id=IDS["similarity"],
                 )
                 masks = gr.File(label="Mask PNG (one per [SEG])", file_count="multiple", elem_id=IDS["masks"])
 

@@ -158,8 +158,7 @@ class DemoService:
             raise DemoInputError("the question is empty: type a question about the image")
         if len(question) > self.max_question_chars:
             raise DemoInputError(
-                f"the question is too long ({len(question)} characters, at most {self.max_question_chars}): "
-                "shorten it"
+                f"the question is too long ({len(question)} characters, at most {self.max_question_chars}): shorten it"
             )
         settings.check(self.num_image_tokens)
         name = Path(image_path).name

@@ -328,7 +328,6 @@ class ReferIndex:
             out |= m
         return out
 
-
     def target_problem(self, ann_id: int | list[int], image: dict, *, decode: bool = True) -> str | None:
         """Why a ref whose object is in the image has no usable target mask, or None when it has one.
 

@@ -176,7 +176,7 @@ class LabelMapSource:
 
 
 def _part_name(raw: str, strip_suffix: bool) -> str | tuple[str, str]:
-    """"obj:part" -> (obj, part); a plain name stays a string; "_(...)" suffixes are removed if asked (PACO)."""
+    """ "obj:part" -> (obj, part); a plain name stays a string; "_(...)" suffixes are removed if asked (PACO)."""
     parts = raw.strip().split(":")
     if strip_suffix:
         parts = [p.split("_(")[0] for p in parts]
@@ -389,4 +389,3 @@ class SemSegDataset:
                 meta = {"query": neg, "exists": False, "mode": mode, "source": ds}
                 queries.append(Query(single_turn(question, answer), empty_masks(h, w), meta))
         return Sample(drawn.image, drawn.image_path, queries, ds)
-

@@ -472,9 +472,7 @@ def generate_scene(
         target = objects[query.target]
         polygons = mask_to_polygons(target.visible)
         shapes = [{"label": "target", "points": poly} for poly in polygons]
-        if not shapes or not np.array_equal(
-            reason_seg_mask(shapes, cfg.image_size, cfg.image_size), target.visible
-        ):
+        if not shapes or not np.array_equal(reason_seg_mask(shapes, cfg.image_size, cfg.image_size), target.visible):
             continue  # e.g. a visible region with a hole: polygons cannot describe it exactly
         k = int(rng.integers(cfg.texts_per_image[0], cfg.texts_per_image[1] + 1))
         order = rng.permutation(len(query.texts))[: max(1, min(k, len(query.texts)))]

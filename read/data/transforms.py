@@ -67,8 +67,7 @@ def check_complete(path: str, data: bytes) -> None:
         last_scan = data.rfind(_JPEG_SCAN)
         if last_scan < 0 or data.find(_JPEG_END, last_scan + 2) < 0:
             raise ImageLoadError(
-                f"{path}: truncated JPEG (no end-of-image marker after the image data); download or copy the file "
-                "again"
+                f"{path}: truncated JPEG (no end-of-image marker after the image data); download or copy the file again"
             )
     elif data.startswith(_PNG_SIGNATURE) and data.rfind(_PNG_END) < 0:
         raise ImageLoadError(f"{path}: truncated PNG (no IEND chunk); download or copy the file again")

@@ -40,7 +40,6 @@ Modules: ``config`` (:class:`EvalConfig`, :class:`EvalResult`), ``records`` (:cl
 resume), ``distributed`` (sharding, gathering), ``summary`` (scores, table), ``metrics`` (IoU counts, gIoU / cIoU).
 """
 
-
 from read.evaluation.config import MODES, EvalConfig, EvalResult
 from read.evaluation.distributed import shard
 from read.evaluation.loop import evaluate, score_generation, score_teacher_forced

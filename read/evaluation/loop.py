@@ -25,8 +25,8 @@ from read.evaluation.distributed import barrier, broadcast, gather_records, rank
 from read.evaluation.output_dir import (
     VIS_DIR,
     complete_images,
-    fingerprint_change,
     finalize_files,
+    fingerprint_change,
     load_records,
     merge_records,
     part_path,
@@ -247,7 +247,9 @@ class _CollateOrError:
     def __init__(self, collator: ReadCollator) -> None:
         self.collator = collator
 
-    def __call__(self, items: list[tuple[int, Sample] | DataError]) -> tuple[ReadBatch, list[QueryPosition]] | DataError:
+    def __call__(
+        self, items: list[tuple[int, Sample] | DataError]
+    ) -> tuple[ReadBatch, list[QueryPosition]] | DataError:
         for item in items:
             if isinstance(item, DataError):
                 return item

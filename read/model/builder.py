@@ -44,7 +44,9 @@ class LinearProjector(nn.Module):
 def build_seg_projector(hidden_size: int, out_dim: int) -> nn.Sequential:
     """The ``[SEG]`` head: Linear(H, H), ReLU, Linear(H, out_dim), Dropout(0). Indices 0 and 2 hold the
     weights, as ``text_hidden_fcs.0.{0,2}`` in the released checkpoints."""
-    return nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.ReLU(), nn.Linear(hidden_size, out_dim), nn.Dropout(0.0))
+    return nn.Sequential(
+        nn.Linear(hidden_size, hidden_size), nn.ReLU(), nn.Linear(hidden_size, out_dim), nn.Dropout(0.0)
+    )
 
 
 def build_llava_config(cfg: ModelConfig, vocab_size: int, image_token_id: int) -> LlavaConfig:
@@ -151,7 +153,10 @@ def build_from_base(cfg: ReadConfig, tokenizer: Any) -> ReadModel:
     if not cfg.model.llava_path or not Path(cfg.model.llava_path).is_dir():
         raise MissingFileError(f"model.llava_path must be a local LLaVA directory, got {cfg.model.llava_path!r}")
     base = LlavaForConditionalGeneration.from_pretrained(
-        cfg.model.llava_path, dtype=torch.float32, local_files_only=True, attn_implementation=cfg.model.attn_implementation
+        cfg.model.llava_path,
+        dtype=torch.float32,
+        local_files_only=True,
+        attn_implementation=cfg.model.attn_implementation,
     )
     base_state = base.state_dict()
     model = build_read_model(

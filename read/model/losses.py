@@ -134,7 +134,9 @@ def causal_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
     shift_labels = labels[:, 1:]
     if not bool((shift_labels != IGNORE_INDEX).any()):
         return shift_logits.sum() * 0.0
-    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX)
+    return F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX
+    )
 
 
 @dataclass

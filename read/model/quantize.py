@@ -29,13 +29,24 @@ def quantize_language_model(model: ReadModel, bits: int, device: torch.device) -
         if not isinstance(module, nn.Linear):
             continue
         if bits == 8:
-            q = bnb.nn.Linear8bitLt(module.in_features, module.out_features, bias=module.bias is not None,
-                                    has_fp16_weights=False, threshold=6.0)
-            q.weight = bnb.nn.Int8Params(module.weight.data.to(torch.float16), requires_grad=False,
-                                         has_fp16_weights=False)
+            q = bnb.nn.Linear8bitLt(
+                module.in_features,
+                module.out_features,
+                bias=module.bias is not None,
+                has_fp16_weights=False,
+                threshold=6.0,
+            )
+            q.weight = bnb.nn.Int8Params(
+                module.weight.data.to(torch.float16), requires_grad=False, has_fp16_weights=False
+            )
         else:
-            q = bnb.nn.Linear4bit(module.in_features, module.out_features, bias=module.bias is not None,
-                                  compute_dtype=torch.bfloat16, quant_type="nf4")
+            q = bnb.nn.Linear4bit(
+                module.in_features,
+                module.out_features,
+                bias=module.bias is not None,
+                compute_dtype=torch.bfloat16,
+                quant_type="nf4",
+            )
             q.weight = bnb.nn.Params4bit(module.weight.data.to(torch.float16), requires_grad=False, quant_type="nf4")
         if module.bias is not None:
             q.bias = nn.Parameter(module.bias.data, requires_grad=False)

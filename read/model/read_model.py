@@ -130,8 +130,7 @@ def image_token_states(hidden: Tensor, input_ids: Tensor, image_token_id: int, n
     counts = is_image.sum(1)
     if not bool((counts == num_tokens).all()):
         raise ValueError(
-            f"every row must contain exactly {num_tokens} image tokens (id {image_token_id}); "
-            f"found {counts.tolist()}"
+            f"every row must contain exactly {num_tokens} image tokens (id {image_token_id}); found {counts.tolist()}"
         )
     return hidden[is_image].view(input_ids.shape[0], num_tokens, hidden.shape[-1])
 
@@ -290,9 +289,7 @@ class ReadModel(nn.Module):
             image_hidden = image_token_states(hidden, input_ids, self.image_token_id, n)[seg_rows]  # (K, N, C)
             prompts = self.point_prompter(image_hidden, seg_hidden, seg_original)
             coords, labels_out, sims = prompts.coords, prompts.labels, prompts.sim
-            coords_sam = torch.stack(
-                [to_sam_frame(coords[j], seg_original[j], seg_resized[j]) for j in range(k_total)]
-            )
+            coords_sam = torch.stack([to_sam_frame(coords[j], seg_original[j], seg_resized[j]) for j in range(k_total)])
             labels = labels_out
 
         # One mask-decoder call for every [SEG] of the batch, whatever image it is about.
@@ -523,8 +520,7 @@ class ReadModel(nn.Module):
         seg_rows = ((new_tokens == self.seg_token_id) & ~after_eos).any(1).nonzero()[:, 0]  # (S,)
         images = batch.image_index[seg_rows].unique()  # sorted images of those rows
         empty = [
-            torch.zeros(0, *batch.original_sizes[int(batch.image_index[r])], dtype=torch.float32)
-            for r in range(rows)
+            torch.zeros(0, *batch.original_sizes[int(batch.image_index[r])], dtype=torch.float32) for r in range(rows)
         ]
         masks: list[Tensor] = [e.to(features.device) for e in empty]
         coords = [features.new_zeros(0, 0, 2, dtype=torch.float32) for _ in range(rows)]

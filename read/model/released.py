@@ -95,7 +95,7 @@ _VOCAB_KEYS = ("llava.model.language_model.embed_tokens.weight", "llava.lm_head.
 
 
 def checkpoint_family(hf_config: Mapping[str, Any], source: str = CONFIG_FILE) -> str:
-    """"read", "sesame" or "lisa" from ``architectures`` in config.json."""
+    """ "read", "sesame" or "lisa" from ``architectures`` in config.json."""
     archs = hf_config.get("architectures")
     if not isinstance(archs, list) or len(archs) != 1 or archs[0] not in ARCHITECTURES:
         raise FileFormatError(f"{source}: architectures={archs!r}; expected one of {[[a] for a in ARCHITECTURES]}")
@@ -316,7 +316,7 @@ def check_text_sizes(hf_config: Mapping[str, Any], state: Mapping[str, Tensor], 
 
 
 def projector_type_of(keys: Collection[str], hf_config: Mapping[str, Any], source: str = CONFIG_FILE) -> str:
-    """"linear" (LISA-7B-v1's single Linear, ``model.mm_projector.weight``) or "mlp2x_gelu"
+    """ "linear" (LISA-7B-v1's single Linear, ``model.mm_projector.weight``) or "mlp2x_gelu"
     (``model.mm_projector.{0,2}.*``), from the checkpoint's keys; config.json's ``mm_projector_type`` must agree."""
     if "model.mm_projector.weight" in keys:
         found = "linear"

@@ -23,10 +23,10 @@ How the crop is undone is the ``geometry`` setting (:func:`pad_geometry`):
   odd crop excess therefore loses one row or column, and where the truncation makes the excess -1 (short sides 333
   at 336; 376 and 383 at 12 or 24) the padding is -1 and crops one row/column on each side;
 * ``"clip"`` is the CLIP processor's exact crop (:func:`read.data.transforms.clip_crop_geometry`): the excess is
-  split with the odd row or column at the bottom/right and is never negative. On the 12x12 map of READ-7B the two place the cells
-  differently on every image whose crop excess is odd: with the same labels, the points move by 32 px at 640x427
-  (or 427x640) and by 71 px at 1080x1920; where the reference's padding is -1 (e.g. 376x500) even the chosen
-  cells differ.
+  split with the odd row or column at the bottom/right and is never negative. On the 12x12 map of READ-7B the two
+  place the cells differently on every image whose crop excess is odd: with the same labels, the points move by
+  32 px at 640x427 (or 427x640) and by 71 px at 1080x1920; where the reference's padding is -1 (e.g. 376x500) even
+  the chosen cells differ.
 
 Deliberate differences from the reference, in both geometries:
 
@@ -299,9 +299,7 @@ class SasP(nn.Module):
         self.clip_size = clip_size
         self.nonfinite_is_divergence = nonfinite_is_divergence
 
-    def forward(
-        self, image_hidden: Tensor, seg_hidden: Tensor, image_sizes: Sequence[tuple[int, int]]
-    ) -> PointPrompts:
+    def forward(self, image_hidden: Tensor, seg_hidden: Tensor, image_sizes: Sequence[tuple[int, int]]) -> PointPrompts:
         """Point prompts for B ``[SEG]`` tokens.
 
         Arguments:

@@ -22,7 +22,6 @@ from torch import Tensor, nn
 from read.config import ReadConfig
 from read.model.read_model import ReadModel
 
-
 # Parameter groups in the order they are reported.
 GROUPS = (
     "embed_tokens",
@@ -161,8 +160,9 @@ class NewTokenRows(nn.Module):
     trainable parameter.
 
     Not in READ (docs/reference.md#options-that-read-does-not-have-off-by-default). The reference trains the whole
-    ``embed_tokens`` and ``lm_head`` (2 x V x H parameters, 262M for 7B, each with fp32 AdamW state). Only the rows of the added tokens (``[SEG]``, ``<im_start>``,
-    ``<im_end>``, ``<image>``) start untrained, so ``lora.train_embeddings="new_rows"`` trains just those:
+    ``embed_tokens`` and ``lm_head`` (2 x V x H parameters, 262M for 7B, each with fp32 AdamW state). Only the
+    rows of the added tokens (``[SEG]``, ``<im_start>``, ``<im_end>``, ``<image>``) start untrained, so
+    ``lora.train_embeddings="new_rows"`` trains just those:
     ``rows`` is (n_new, H) and the optimiser state is n_new x H. The base rows of the vocabulary stay as in the
     base model, unlike the reference. Both directions avoid any V x H temporary: the embedding overwrites the
     looked-up vectors of the new ids, and the output layer overwrites the n_new logit columns with

@@ -420,7 +420,11 @@ def estimate_memory(
     notes = []
     if training:
         grads, opt = optimizer_bytes(
-            cfg, trainable, optimizer=optimizer, zero_stage=zero_stage, world_size=world_size,
+            cfg,
+            trainable,
+            optimizer=optimizer,
+            zero_stage=zero_stage,
+            world_size=world_size,
             offload_optimizer=offload_optimizer,
         )
         if optimizer == "deepspeed" and zero_stage == 3:

@@ -124,12 +124,12 @@ def build_deepspeed_config(
         if current != "auto" and not _same(current, value):
             raise ConfigError(
                 f"{path}: {'.'.join(keys)} = {current!r} contradicts the training config ({value!r}); "
-                f"set it to \"auto\" and change the YAML / command-line value instead"
+                f'set it to "auto" and change the YAML / command-line value instead'
             )
         node[keys[-1]] = value
     left = _find_auto(ds)
     if left:
-        raise ConfigError(f"{path}: no config value fills {', '.join(left)} (\"auto\"); give a value in the JSON")
+        raise ConfigError(f'{path}: no config value fills {", ".join(left)} ("auto"); give a value in the JSON')
     return ds
 
 

@@ -79,7 +79,9 @@ def rebuild_training_model(checkpoint: str | Path) -> tuple[ReadModel, ReadConfi
     if meta.exclude_frozen:
         model = build_model(cfg, tokenizer)  # frozen weights come from model.init, as in training
     else:
-        model = build_read_model(cfg, meta.vocab_size, seg_token_id=meta.seg_token_id, image_token_id=meta.image_token_id)
+        model = build_read_model(
+            cfg, meta.vocab_size, seg_token_id=meta.seg_token_id, image_token_id=meta.image_token_id
+        )
     prepare_for_training(model, cfg)
     model.float()
     state = consolidated_state_dict(ckpt, meta.exclude_frozen)
