@@ -19,7 +19,12 @@ Examples::
 
 Writes ``<output_dir>/results.json`` (scores and every setting), ``<output_dir>/<mode>/predictions.jsonl`` (one
 line per query: counts, existence, generated text, mask as COCO RLE, SasP points) and, with ``--vis N``, pictures
-of the first N images under ``<output_dir>/<mode>/vis``. Rerunning the same command resumes an interrupted run.
+of the first N images under ``<output_dir>/<mode>/vis``. Rerunning the same command resumes an interrupted run,
+provided the weights' content, the data files and the settings are unchanged; otherwise it starts over and says why.
+A split with a missing image or with ground truth that cannot be scored is refused (the files are named);
+``--skip_invalid`` scores the valid queries only and lists the others in results.json.
+A user error (a missing or broken file, a bad setting) ends with one line ``error: ...`` and exit status 1;
+``--debug`` shows its traceback.
 """
 
 from __future__ import annotations
@@ -37,17 +42,20 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from read.cli import add_debug_flag, check_output_dir, run_main
 from read.config import ReadConfig, parse_overrides
-from read.data.sample import DataError
-from read.data.refer import FALSE_PREMISE_DATASETS, REFER_DATASETS
-from read.evaluation import EvalConfig, EvalResult, ResumeMismatchError, evaluate, format_table
+from read.data.refer import FALSE_PREMISE_DATASETS, REFER_DATASETS, REFER_PROTOCOLS
+from read.distributed import setup_distributed
+from read.errors import ConfigError, MissingFileError
+from read.evaluation import EvalConfig, EvalResult, evaluate, format_table
+from read.fingerprint import DIGEST_CACHE, shared_weights_fingerprint
+from read.model.dtypes import PRECISIONS
 
 logger = logging.getLogger("eval")
 
 DATASETS = ("ReasonSeg",) + tuple(REFER_DATASETS)
 # Evaluated by the reference's test_read.py / eval_sesame.py: generation, module-default vicuna_v1 template.
 GENERATION_DATASETS = tuple(FALSE_PREMISE_DATASETS) + ("R-refcoco", "R-refcoco+", "R-refcocog")
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 RESULTS_FILE = "results.json"
 
 
@@ -89,7 +97,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--precision",
-        choices=tuple(DTYPES),
+        choices=tuple(PRECISIONS),
         default=None,
         help="default: the saved dtype; with --released bf16 on a GPU (the reference's setting), else fp32",
     )
@@ -97,7 +105,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max_new_tokens", type=int, default=512)
     p.add_argument("--num_workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=42, help="seed of the RefCOCO template draws (--prompts read)")
-    p.add_argument("--protocol", choices=("read", "lisa"), default="read", help="RefCOCO refs files (splitBy)")
+    p.add_argument(
+        "--protocol",
+        choices=REFER_PROTOCOLS,
+        default="auto",
+        help="RefCOCO refs files: READ/SESAME's refs(*_exclude_unified).p (read), the standard refs(unc|umd).p "
+        "(lisa), or auto: READ/SESAME's when present, else the standard one (the file used is printed and stored)",
+    )
+    p.add_argument(
+        "--skip_invalid",
+        action="store_true",
+        help="leave out queries whose ground truth cannot be scored (e.g. a degenerate polygon, an empty target) "
+        "instead of refusing the split; they are listed in results.json and the score is that of the valid queries",
+    )
     p.add_argument("--output_dir", default=None, help="default: outputs/eval/<model name>/<dataset>_<split>")
     p.add_argument("--no_resume", action="store_true", help="start over even if output_dir holds results")
     p.add_argument("--no_masks", action="store_true", help="do not store predicted masks (RLE) per query")
@@ -105,9 +125,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="default: cuda:<LOCAL_RANK> if available, else cpu")
     p.add_argument("--no_progress", action="store_true")
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
+    add_debug_flag(p)
     args = p.parse_args(argv)
-    if args.batch_size < 1:
-        p.error("--batch_size must be >= 1")
+    if args.batch_size < 1 or args.max_new_tokens < 1:
+        p.error("--batch_size and --max_new_tokens must be >= 1")
+    if args.num_workers < 0 or args.vis < 0:
+        p.error("--num_workers and --vis must be >= 0")
     if args.vision_tower and not args.released:
         p.error("--vision_tower only applies with --released (a save_pretrained directory contains CLIP)")
     return args
@@ -119,7 +142,7 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     if args.mode is None:
         args.mode = "generate" if false_premise else "teacher"
     if args.conv_type is None:
-        # [FIX SPEC 4.4] the template is always explicit; vicuna_v1 is what the reference's test script used
+        # the template is always explicit; vicuna_v1 is what the reference's test script used
         args.conv_type = "vicuna_v1" if false_premise else "llava_v1"
     if args.output_dir is None:
         name = Path(args.model).resolve().name
@@ -134,7 +157,7 @@ def sasp_overrides(items: list[str]) -> dict[str, Any]:
     known = {f.name for f in dataclasses.fields(ReadConfig().sasp)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"--sasp: unknown key(s) {unknown}; known: {sorted(known)}")
+        raise ConfigError(f"--sasp: unknown key(s) {unknown}; known: {sorted(known)}")
     return values
 
 
@@ -142,52 +165,23 @@ def sasp_overrides(items: list[str]) -> dict[str, Any]:
 # setup
 
 
-def init_distributed(device_arg: str | None) -> tuple[int, int, torch.device]:
-    """Join the process group of a torchrun / deepspeed launch (gloo on CPU, nccl on CUDA) and pick the device."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device_arg is not None:
-        device = torch.device(device_arg)
-    elif torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
-    if world_size > 1 and not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(hours=2))
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    return rank, world_size, device
-
-
 def load_model(args: argparse.Namespace, device: torch.device) -> tuple[Any, Any]:
-    """(model, tokenizer) from a save_pretrained directory or, with ``--released``, an original checkpoint."""
-    from read.tokenizer import ReadTokenizer
+    """(model, tokenizer) from a save_pretrained directory or, with ``--released``, an original checkpoint
+    (:func:`read.model.load_model`)."""
+    from read.model import load_model as load
 
-    model_dir = Path(args.model)
-    if not model_dir.is_dir():
-        raise FileNotFoundError(f"--model: directory not found: {model_dir}")
-    overrides = sasp_overrides(args.sasp)
-    dtype = DTYPES[args.precision] if args.precision else None
-    if args.released:
-        from read.model.released import CONFIG_FILE, checkpoint_family, load_released, read_json
-
-        family = checkpoint_family(read_json(model_dir / CONFIG_FILE), str(model_dir / CONFIG_FILE))
-        base = dataclasses.asdict(ReadConfig().sasp) | {"enabled": family == "read"}
-        sasp = ReadConfig.from_dict({"sasp": base | overrides}).sasp
-        torch_dtype = getattr(torch, dtype or ("bfloat16" if device.type == "cuda" else "float32"))
-        model, tokenizer, _ = load_released(model_dir, args.vision_tower, dtype=torch_dtype, sasp=sasp)
-    else:
-        from read.model import from_pretrained
-        from read.model.builder import CONFIG_NAME
-
-        if not (model_dir / CONFIG_NAME).is_file():
-            raise FileNotFoundError(
-                f"--model: {model_dir} has no {CONFIG_NAME}; for an original READ/SESAME/LISA checkpoint add --released"
-            )
-        model = from_pretrained(model_dir, dtype=dtype, overrides={"sasp": overrides} if overrides else None)
-        tokenizer = ReadTokenizer.from_pretrained(model_dir)
+    if not Path(args.model).is_dir():
+        raise MissingFileError(f"--model: directory not found: {args.model}")
+    dtype = PRECISIONS[args.precision] if args.precision else None
+    if dtype is None and args.released:
+        dtype = "bfloat16" if device.type == "cuda" else "float32"
+    model, tokenizer = load(
+        args.model,
+        released=args.released,
+        vision_tower=args.vision_tower,
+        dtype=dtype,
+        sasp_overrides=sasp_overrides(args.sasp),
+    )
     return model.to(device).eval(), tokenizer
 
 
@@ -195,7 +189,7 @@ def build_dataset(args: argparse.Namespace, generation: bool) -> Any:
     from read.data.eval_sets import build_eval_dataset
 
     if not Path(args.dataset_dir).is_dir():
-        raise FileNotFoundError(f"--dataset_dir: directory not found: {args.dataset_dir}")
+        raise MissingFileError(f"--dataset_dir: directory not found: {args.dataset_dir}")
     return build_eval_dataset(
         args.dataset_dir,
         args.dataset,
@@ -204,7 +198,19 @@ def build_dataset(args: argparse.Namespace, generation: bool) -> Any:
         generation=generation,
         seed=args.seed,
         protocol=args.protocol,
+        skip_invalid=args.skip_invalid,
     )
+
+
+def weight_directories(args: argparse.Namespace) -> dict[str, Any]:
+    """The directories whose files make up the model: the checkpoint and, for a released one, the CLIP tower."""
+    tower = args.vision_tower
+    if args.released and tower is None:
+        from read.json_io import read_json_object
+        from read.model.released import CONFIG_FILE, resolve_vision_tower
+
+        tower = resolve_vision_tower(None, read_json_object(Path(args.model) / CONFIG_FILE), args.model)
+    return {"model": args.model, "vision_tower": tower}
 
 
 def template_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -232,17 +238,21 @@ def template_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, EvalResult]:
     args = resolve_defaults(parse_args(argv))
-    rank, world_size, device = init_distributed(args.device)
+    check_output_dir(args.output_dir, "--output_dir")
+    # join the group of a torchrun / deepspeed launch (gloo on CPU, nccl on CUDA); a plain run has none
+    world = setup_distributed(args.local_rank, device=args.device, single_process_group=False,
+                              timeout=datetime.timedelta(hours=2))  # fmt: skip
+    rank, world_size, device = world.rank, world.world_size, world.device
     logging.basicConfig(
         level=logging.INFO if rank == 0 else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     modes = ("teacher", "generate") if args.mode == "both" else (args.mode,)
-    try:  # the dataset first: a wrong path should not wait for a 7B model to load
-        datasets = {m: build_dataset(args, generation=m == "generate") for m in modes}
-        model, tokenizer = load_model(args, device)
-    except (FileNotFoundError, ValueError, OSError, DataError) as e:
-        raise SystemExit(f"eval.py: error: {e}") from e
+    # the dataset first: a wrong path should not wait for a 7B model to load
+    datasets = {m: build_dataset(args, generation=m == "generate") for m in modes}
+    model, tokenizer = load_model(args, device)
+    weights = shared_weights_fingerprint(weight_directories(args), Path(args.output_dir) / DIGEST_CACHE)
+    split_set = next(iter(datasets.values()))
 
     settings = {
         "model": str(Path(args.model).resolve()),
@@ -251,13 +261,15 @@ def main(argv: list[str] | None = None) -> dict[str, EvalResult]:
         "dataset": args.dataset,
         "split": args.split,
         "dataset_dir": str(Path(args.dataset_dir).resolve()),
-        "num_images": len(next(iter(datasets.values()))),
+        "num_images": len(split_set),
+        "skip_invalid": args.skip_invalid,
         "modes": list(modes),
         "prompts": args.prompts,
         "templates": template_settings(args),
         "conv_type": args.conv_type,
         "template_seed": args.seed,
         "refer_protocol": args.protocol,
+        "refs_file": split_set.settings().get("refs_file"),
         "sasp": dataclasses.asdict(model.config.sasp),
         "precision": str(next(model.parameters()).dtype).replace("torch.", ""),
         "max_new_tokens": args.max_new_tokens,
@@ -279,21 +291,27 @@ def main(argv: list[str] | None = None) -> dict[str, EvalResult]:
             vis=args.vis,
             progress=not args.no_progress,
         )
-        fingerprint = {k: settings[k] for k in ("model", "released", "vision_tower", "prompts", "template_seed")}
-        try:
-            results[mode] = evaluate(model, tokenizer, datasets[mode], cfg, fingerprint=fingerprint)
-        except (ResumeMismatchError, DataError) as e:
-            raise SystemExit(f"eval.py: error: {e}") from e
+        fingerprint = {"weights": weights, **{k: settings[k] for k in ("released", "prompts", "template_seed")}}
+        results[mode] = evaluate(model, tokenizer, datasets[mode], cfg, fingerprint=fingerprint)
 
     if rank == 0:
         title = f"{args.dataset} {args.split}  ({Path(args.model).name}, {settings['precision']}, {args.conv_type})"
         print(format_table(results, title))
+        if split_set.invalid:
+            print(f"left out (--skip_invalid): {len(split_set.invalid)} annotation(s) whose ground truth cannot be "
+                  f"scored; listed under 'invalid' in {RESULTS_FILE}")  # fmt: skip
         out = {
             "settings": settings,
             "results": {
-                m: {**r.scores, "evaluated_images": r.evaluated, "resumed_images": r.resumed}
+                m: {
+                    **r.scores,
+                    "evaluated_images": r.evaluated,
+                    "resumed_images": r.resumed,
+                    "restart_reason": r.restart_reason,
+                }
                 for m, r in results.items()
-            },
+            },  # fmt: skip
+            "invalid": split_set.invalid,
         }
         path = Path(args.output_dir) / RESULTS_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -305,4 +323,4 @@ def main(argv: list[str] | None = None) -> dict[str, EvalResult]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_main(main))

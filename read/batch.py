@@ -30,6 +30,8 @@ class ReadBatch:
         meta: R dicts with per-row metadata (image path, question, dataset name, ...), never used by the model.
         query_ids: (R, Q) token ids of each row's query text (IGNORE_INDEX padding; a row without a query is all
             IGNORE_INDEX), for the optional query-word loss (``loss.query_weight``); None otherwise.
+        skipped_samples: bad training samples drawn and skipped while this batch's samples were drawn (never used
+            by the model; the training loop reports it).
     """
 
     pixel_values: Tensor
@@ -43,6 +45,7 @@ class ReadBatch:
     gt_masks: list[Tensor] | None = None
     meta: list[dict[str, Any]] = field(default_factory=list)
     query_ids: Tensor | None = None
+    skipped_samples: int = 0
 
     @property
     def num_images(self) -> int:
@@ -80,7 +83,9 @@ class ReadBatch:
                 f"expected {b} original/resized sizes, got {len(self.original_sizes)}/{len(self.resized_sizes)}"
             )
         if self.attention_mask.shape != self.input_ids.shape:
-            raise ValueError(f"attention_mask {tuple(self.attention_mask.shape)} != input_ids {tuple(self.input_ids.shape)}")
+            raise ValueError(
+                f"attention_mask {tuple(self.attention_mask.shape)} != input_ids {tuple(self.input_ids.shape)}"
+            )
         if self.image_index.shape != (r,):
             raise ValueError(f"image_index must have shape ({r},), got {tuple(self.image_index.shape)}")
         if r and (int(self.image_index.min()) < 0 or int(self.image_index.max()) >= b):

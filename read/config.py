@@ -3,12 +3,17 @@
 Every hyper-parameter lives here as a dataclass field with a default, and every experiment is a YAML
 file under ``configs/`` that overrides some of them. ``load_config("configs/x.yaml", ["sasp.num_points=60"])``
 returns a validated :class:`ReadConfig`; ``ReadConfig.to_dict()`` is what checkpoints store.
+
+Every problem with a config (unreadable YAML, a ``base:`` chain that loops, an unknown key, a value of the wrong type
+or out of range) raises :class:`read.errors.ConfigError`, naming the file and the key, before anything is built.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,6 +21,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+from read.errors import ConfigError, MissingFileError
 
 
 @dataclass
@@ -67,6 +74,12 @@ class SamConfig:
     decoder_depth: int = 2
     decoder_mlp_dim: int = 2048
     decoder_num_heads: int = 8
+    # Sizes every SAM release shares; checkpoints of other shapes (read.model.released infers them) set them.
+    encoder_mlp_ratio: float = 4.0
+    mask_in_chans: int = 16  # channels of the prompt encoder's mask down-scaling
+    num_multimask_outputs: int = 3
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 256
 
     @property
     def embedding_size(self) -> int:
@@ -100,10 +113,14 @@ class ModelConfig:
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     gradient_checkpointing: bool = False
     train_sam_image_encoder: bool = False  # the reference freezes it; the synthetic default may train it
-    # Further parameter groups to train in full (names of read.memory.GROUPS: "vision_tower", "projector",
+    # Further parameter groups to train in full (names of read.model.trainable.GROUPS: "vision_tower", "projector",
     # "lm_layers", "lm_norm", "sam_image_encoder", "sam_prompt_encoder"). The reference trains none of them; a
     # model trained from random weights (the synthetic quickstart) needs them.
     train_extra: list[str] = field(default_factory=list)
+
+
+# How SasP undoes the CLIP centre crop (read.model.sasp.pad_geometry).
+GEOMETRIES = ("reference", "clip")
 
 
 @dataclass
@@ -119,6 +136,24 @@ class SaspConfig:
     # Refine the integer points by DtoC's soft-argmax (READ); false keeps the discrete cell-centre points, which
     # carry no gradient to the similarity map (the paper's "discrete points" ablation).
     dtoc: bool = True
+    # How the CLIP centre crop is undone when the maps are laid over the image (read.model.sasp.pad_geometry):
+    # "reference" = READ's arithmetic, which the released checkpoints were trained with; "clip" = the CLIP
+    # processor's exact crop (moves the coarse cells on images whose crop excess is odd). A saved model whose
+    # read_config.json predates this key was trained with "clip" and loads with it.
+    geometry: Literal["reference", "clip"] = "reference"
+
+    def __post_init__(self) -> None:
+        """What SasP itself needs. A config file is held to more (:func:`validate`): thresholds in [0, 1] and
+        ``dtoc_radius >= 1``; the library also takes thresholds outside [0, 1] (no positive or no negative point)
+        and ``dtoc_radius = 0`` (no refinement)."""
+        if not (math.isfinite(self.t_pos) and math.isfinite(self.t_neg) and self.t_neg < self.t_pos):
+            raise ConfigError(f"sasp: need finite t_neg < t_pos, got t_neg={self.t_neg}, t_pos={self.t_pos}")
+        for name, least in (("num_points", 1), ("down_sample", 1), ("dtoc_radius", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(f"sasp.{name} must be an integer >= {least}, got {value!r}")
+        if self.geometry not in GEOMETRIES:
+            raise ConfigError(f"sasp.geometry must be 'reference' or 'clip', got {self.geometry!r}")
 
 
 @dataclass
@@ -127,7 +162,8 @@ class LossConfig:
     bce_weight: float = 2.0
     dice_weight: float = 0.5
     # Not in READ/LISA (0 = the paper's loss): each projected [SEG] prompt predicts its query's words through a linear
-    # head (ReadModel.query_head; read.losses.query_word_loss). For models trained from random weights (quickstart).
+    # head (ReadModel.query_head; read.model.losses.query_word_loss). For models trained from random weights
+    # (quickstart).
     query_weight: float = 0.0
 
 
@@ -169,19 +205,23 @@ class DataConfig:
     strict: bool = False  # a bad sample raises instead of being skipped and counted
     # Training question/answer lists: "read" (READ/SESAME qa_template) or "lisa" (LISA's short lists).
     templates: Literal["read", "lisa"] = "read"
-    # Refs files: "read" (SESAME *_exclude_unified) or "lisa" (standard unc/umd).
-    refer_protocol: Literal["read", "lisa"] = "read"
+    # Refs files: "auto" (SESAME's *_exclude_unified file when present, else the standard one; the choice is logged),
+    # "read" (only SESAME *_exclude_unified) or "lisa" (only the standard unc/umd).
+    refer_protocol: Literal["auto", "read", "lisa"] = "auto"
     reason_seg_fp_prob: float = 0.15  # ReasonSeg false-premise correction (only images with false_premise_QA)
     sem_seg_denial_prob: float = 0.07  # sem_seg false-premise denial
     sem_seg_correction_prob: float = 0.08  # sem_seg false-premise correction
     max_sample_attempts: int = 20  # consecutive bad samples tolerated per index before giving up
     eval_prompts: Literal["read", "lisa"] = "read"  # evaluation prompt templates (read.data.eval_sets)
+    # Validation split with unusable ground truth (e.g. a degenerate polygon): refuse to train (false, the files
+    # are named) or validate on the usable queries only (true, the left-out files are logged).
+    val_skip_invalid: bool = False
 
 
 @dataclass
 class TrainConfig:
-    """Optimisation, checkpointing and logging (SPEC 5). DeepSpeed settings that are not hyper-parameters live in
-    ``deepspeed_config``; its "auto" values are filled from here (read/training/engine.py)."""
+    """Optimisation, checkpointing and logging (docs/reference.md#training-recipe). DeepSpeed settings that are not
+    hyper-parameters live in ``deepspeed_config``; its "auto" values are filled from here (read/training/engine.py)."""
 
     output_dir: str = "runs/read"  # run directory: checkpoints/, tensorboard/, metrics.jsonl, config.json
     seed: int = 42
@@ -231,42 +271,108 @@ class ReadConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
 
+def fill_saved_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """A config dict read back from a saved model or checkpoint, completed for keys added after it was written
+    with the value that reproduces how that model was trained (not today's default): ``sasp.geometry`` "clip",
+    the only crop geometry before the key existed. Returns a new dict."""
+    out = dict(data)
+    sasp = out.get("sasp")
+    if isinstance(sasp, dict) and "geometry" not in sasp:
+        out["sasp"] = {**sasp, "geometry": "clip"}
+    return out
+
+
 def validate(cfg: ReadConfig) -> None:
-    """Cross-field checks; raises ValueError naming the offending key."""
+    """Cross-field and range checks; raises :class:`ConfigError` naming the offending key."""
+    _validate_model(cfg.model)
     for name in ("ce_weight", "bce_weight", "dice_weight", "query_weight"):
         if getattr(cfg.loss, name) < 0:
-            raise ValueError(f"loss.{name} must be >= 0, got {getattr(cfg.loss, name)}")
-    s = cfg.sasp
+            raise ConfigError(f"loss.{name} must be >= 0, got {getattr(cfg.loss, name)}")
+    s = cfg.sasp  # SaspConfig.__post_init__ checked what SasP needs; a config file also keeps these ranges
     if not 0.0 <= s.t_neg < s.t_pos <= 1.0:
-        raise ValueError(f"sasp: need 0 <= t_neg < t_pos <= 1, got t_neg={s.t_neg}, t_pos={s.t_pos}")
-    if s.num_points < 1 or s.down_sample < 1 or s.dtoc_radius < 1:
-        raise ValueError("sasp.num_points, sasp.down_sample and sasp.dtoc_radius must be >= 1")
+        raise ConfigError(f"sasp: need 0 <= t_neg < t_pos <= 1, got t_neg={s.t_neg}, t_pos={s.t_pos}")
+    if s.dtoc_radius < 1:
+        raise ConfigError(f"sasp.dtoc_radius must be >= 1, got {s.dtoc_radius}")
     side = cfg.model.vision.image_size // cfg.model.vision.patch_size
     if s.enabled and side % s.down_sample != 0:
-        raise ValueError(f"sasp.down_sample={s.down_sample} must divide the image-token grid side {side}")
-    if cfg.model.sam.image_size % cfg.model.sam.patch_size != 0:
-        raise ValueError("model.sam.image_size must be a multiple of model.sam.patch_size")
-    if len(cfg.data.sample_rates) != len(cfg.data.datasets):
-        raise ValueError(
-            f"data.sample_rates has {len(cfg.data.sample_rates)} entries for "
-            f"{len(cfg.data.datasets)} data.datasets"
+        raise ConfigError(f"sasp.down_sample={s.down_sample} must divide the image-token grid side {side}")
+    if cfg.lora.r < 1 or cfg.lora.alpha <= 0 or not 0.0 <= cfg.lora.dropout < 1.0:
+        raise ConfigError(
+            f"lora: need r >= 1, alpha > 0 and 0 <= dropout < 1, got r={cfg.lora.r}, alpha={cfg.lora.alpha}, "
+            f"dropout={cfg.lora.dropout}"
         )
-    extra_allowed = ("vision_tower", "projector", "lm_layers", "lm_norm", "sam_image_encoder", "sam_prompt_encoder")
-    unknown = [g for g in cfg.model.train_extra if g not in extra_allowed]
-    if unknown:
-        raise ValueError(f"model.train_extra: unknown group(s) {unknown}; choose from {list(extra_allowed)}")
-    if cfg.lora.r < 1:
-        raise ValueError("lora.r must be >= 1")
+    _validate_data(cfg.data)
     t = cfg.train
     for key in ("epochs", "steps_per_epoch", "batch_size", "grad_accumulation_steps", "val_batch_size", "log_every"):
         if getattr(t, key) < 1:
-            raise ValueError(f"train.{key} must be >= 1, got {getattr(t, key)}")
+            raise ConfigError(f"train.{key} must be >= 1, got {getattr(t, key)}")
     if t.lr <= 0 or t.warmup_steps < 0 or t.grad_clip < 0 or t.save_every < 0 or t.max_nonfinite_steps < 1:
-        raise ValueError(
+        raise ConfigError(
             "train: need lr > 0, warmup_steps >= 0, grad_clip >= 0, save_every >= 0, max_nonfinite_steps >= 1"
         )
+    if t.eps <= 0 or t.weight_decay < 0:
+        raise ConfigError(f"train: need eps > 0 and weight_decay >= 0, got eps={t.eps}, weight_decay={t.weight_decay}")
     if len(t.betas) != 2 or not all(0.0 <= b < 1.0 for b in t.betas):
-        raise ValueError(f"train.betas must be two numbers in [0, 1), got {t.betas}")
+        raise ConfigError(f"train.betas must be two numbers in [0, 1), got {t.betas}")
+    if not t.output_dir:
+        raise ConfigError("train.output_dir must not be empty")
+
+
+def _validate_model(m: ModelConfig) -> None:
+    for section, keys in (
+        ("text", ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "num_key_value_heads", "max_position_embeddings")),
+        ("vision", ("image_size", "patch_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                    "num_attention_heads")),
+        ("sam", ("image_size", "patch_size", "encoder_embed_dim", "encoder_depth", "encoder_num_heads",
+                 "encoder_window_size", "prompt_embed_dim", "decoder_depth", "decoder_mlp_dim", "decoder_num_heads")),
+    ):  # fmt: skip
+        node = getattr(m, section)
+        for key in keys:
+            if getattr(node, key) < 1:
+                raise ConfigError(f"model.{section}.{key} must be >= 1, got {getattr(node, key)}")
+    for section, hidden, heads in (
+        ("text", "hidden_size", "num_attention_heads"),
+        ("vision", "hidden_size", "num_attention_heads"),
+        ("sam", "encoder_embed_dim", "encoder_num_heads"),
+    ):
+        node = getattr(m, section)
+        if getattr(node, hidden) % getattr(node, heads) != 0:
+            raise ConfigError(
+                f"model.{section}.{hidden}={getattr(node, hidden)} must be a multiple of "
+                f"model.{section}.{heads}={getattr(node, heads)}"
+            )
+    if m.text.num_attention_heads % m.text.num_key_value_heads != 0:
+        raise ConfigError("model.text.num_attention_heads must be a multiple of model.text.num_key_value_heads")
+    if m.vision.image_size < m.vision.patch_size:
+        raise ConfigError("model.vision.image_size must be >= model.vision.patch_size")
+    if m.sam.image_size % m.sam.patch_size != 0:
+        raise ConfigError("model.sam.image_size must be a multiple of model.sam.patch_size")
+    if m.out_dim < 1:
+        raise ConfigError(f"model.out_dim must be >= 1, got {m.out_dim}")
+    extra_allowed = ("vision_tower", "projector", "lm_layers", "lm_norm", "sam_image_encoder", "sam_prompt_encoder")
+    unknown = [g for g in m.train_extra if g not in extra_allowed]
+    if unknown:
+        raise ConfigError(f"model.train_extra: unknown group(s) {unknown}; choose from {list(extra_allowed)}")
+
+
+def _validate_data(d: DataConfig) -> None:
+    if len(d.sample_rates) != len(d.datasets):
+        raise ConfigError(f"data.sample_rates has {len(d.sample_rates)} entries for {len(d.datasets)} data.datasets")
+    if d.datasets and (any(r < 0 for r in d.sample_rates) or sum(d.sample_rates) <= 0):
+        raise ConfigError(f"data.sample_rates must be >= 0 with a positive sum, got {d.sample_rates}")
+    for key in ("model_max_length", "num_classes_per_sample", "max_sample_attempts"):
+        if getattr(d, key) < 1:
+            raise ConfigError(f"data.{key} must be >= 1, got {getattr(d, key)}")
+    if d.num_workers < 0:
+        raise ConfigError(f"data.num_workers must be >= 0 (0 loads data in the training process), got {d.num_workers}")
+    for key in ("reason_seg_fp_prob", "sem_seg_denial_prob", "sem_seg_correction_prob"):
+        if not 0.0 <= getattr(d, key) <= 1.0:
+            raise ConfigError(f"data.{key} must be in [0, 1], got {getattr(d, key)}")
+    if d.sem_seg_denial_prob + d.sem_seg_correction_prob > 1.0:
+        raise ConfigError("data.sem_seg_denial_prob + data.sem_seg_correction_prob must be <= 1")
+    if "|" not in d.reason_seg_data:
+        raise ConfigError(f"data.reason_seg_data must look like 'ReasonSeg|train', got {d.reason_seg_data!r}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -275,13 +381,21 @@ def validate(cfg: ReadConfig) -> None:
 
 def _from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
     if not isinstance(data, dict):
-        raise ValueError(f"config section '{prefix or '<root>'}' must be a mapping, got {type(data).__name__}")
+        where = prefix.rstrip(".") or "<root>"
+        raise ConfigError(f"config section '{where}' must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names, key=str)
     if unknown:
         where = prefix.rstrip(".") or "<root>"
-        raise ValueError(f"unknown config key(s) in '{where}': {', '.join(unknown)}")
+        hints_text = [
+            f"'{prefix}{k}' (did you mean '{prefix}{close[0]}'?)" if close else f"'{prefix}{k}'"
+            for k in unknown
+            for close in [difflib.get_close_matches(str(k), sorted(names), n=1)]
+        ]
+        raise ConfigError(
+            f"unknown config key(s) in '{where}': {', '.join(hints_text)}; known: {', '.join(sorted(names))}"
+        )
     kwargs = {}
     for name, value in data.items():
         tp = hints[name]
@@ -298,7 +412,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     args = typing.get_args(tp)
     if origin is Literal:
         if value not in args:
-            raise ValueError(f"{key}: {value!r} is not one of {list(args)}")
+            raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
         return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -309,24 +423,24 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 continue
             try:
                 return _coerce(value, arg, key)
-            except ValueError as e:
+            except ConfigError as e:
                 errors.append(str(e))
-        raise ValueError("; ".join(errors))
+        raise ConfigError("; ".join(errors))
     if origin is list:
         if isinstance(value, str):
             value = [v for v in value.split(",") if v != ""]
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
         return [_coerce(v, args[0], key) for v in value] if args else list(value)
     if tp is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
-        raise ValueError(f"{key}: expected true/false, got {value!r}")
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
     if tp is int:
         if isinstance(value, bool):
-            raise ValueError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
         if isinstance(value, int):
             return value
         if isinstance(value, float) and value.is_integer():
@@ -336,7 +450,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return int(value)
             except ValueError:
                 pass
-        raise ValueError(f"{key}: expected an integer, got {value!r}")
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -345,11 +459,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        raise ValueError(f"{key}: expected a number, got {value!r}")
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ValueError(f"{key}: expected a string, got {value!r}")
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
     return value
 
 
@@ -359,7 +473,7 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     for p in parts[:-1]:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
-            raise ValueError(f"override '{dotted}': '{p}' is not a section")
+            raise ConfigError(f"override '{dotted}': '{p}' is not a section")
     node[parts[-1]] = value
 
 
@@ -368,9 +482,13 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override '{item}' is not of the form key=value (e.g. sasp.num_points=60)")
+            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. sasp.num_points=60)")
         key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw != "" else "")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override '{item}': the value is not valid YAML ({_yaml_problem(e)}); quote it") from e
+        _set_dotted(tree, key.strip(), value)
     return tree
 
 
@@ -388,22 +506,59 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Read a YAML (or JSON) config file, apply ``key=value`` overrides, validate.
 
     A YAML file may name a parent with ``base: other.yaml`` (relative to itself); keys merge recursively.
+
+    Raises:
+        MissingFileError: the file (or a ``base:`` file) does not exist.
+        ConfigError: anything else that is wrong with the file, the overrides or the values; the message names
+            the file.
     """
     data: dict[str, Any] = {}
     if path is not None:
-        data = _read_tree(Path(path))
+        data = _read_tree(Path(path), ())
+    source = f"{path}" if path is not None else "the command line"
     if overrides:
         data = _merge(data, parse_overrides(overrides))
-    return ReadConfig.from_dict(data)
+        source = f"{path} with the command-line overrides" if path is not None else "the command-line overrides"
+    try:
+        return ReadConfig.from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from e
 
 
-def _read_tree(path: Path) -> dict[str, Any]:
+def _read_tree(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    """The YAML mapping of ``path`` merged over its ``base:`` chain (``chain``: the files that led here)."""
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+        where = f" (the base of {chain[-1]})" if chain else ""
+        raise MissingFileError(f"config file not found: {path}{where}")
+    resolved = path.resolve()
+    if resolved in chain:
+        loop = " -> ".join(str(p) for p in (*chain, resolved))
+        raise ConfigError(f"{path}: the 'base:' chain loops ({loop}); remove one of the 'base:' lines")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({e})") from e
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(e)}") from e
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: top level must be a mapping")
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (model:, train:, ...)")
     parent = data.pop("base", None)
     if parent is not None:
-        data = _merge(_read_tree(path.parent / parent), data)
+        if not isinstance(parent, str) or not parent:
+            raise ConfigError(f"{path}: 'base' must be a file name, got {parent!r}")
+        data = _merge(_read_tree(path.parent / parent, (*chain, resolved)), data)
     return data
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """Where and what a YAML parse error is, without PyYAML's ``<unicode string>`` source name."""
+    if not isinstance(error, yaml.MarkedYAMLError):
+        return str(error)
+    mark = error.problem_mark or error.context_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    what = " ".join(p for p in (error.context, error.problem) if p)
+    if "\t" in what or "'\\t'" in what:
+        what += " (YAML does not allow tabs for indentation: use spaces)"
+    return where + what

@@ -44,6 +44,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from read.constants import EXTRA_TOKENS, IM_END_TOKEN, IM_START_TOKEN, IMAGE_TOKEN, SEG_TOKEN
+from read.errors import FileFormatError, MissingFileError
 
 logger = logging.getLogger(__name__)
 
@@ -69,18 +70,18 @@ class ReadTokenizer:
     def __init__(self, sp_model_path: str | Path, added_tokens: Mapping[str, int] | None = None) -> None:
         path = Path(sp_model_path)
         if not path.is_file():
-            raise FileNotFoundError(f"sentencepiece model not found: {path}")
+            raise MissingFileError(f"sentencepiece model not found: {path}")
         self._sp = spm.SentencePieceProcessor()
         try:
             self._sp.Load(str(path))
         except (OSError, RuntimeError) as err:
-            raise ValueError(f"{path} is not a sentencepiece model: {err}") from err
+            raise FileFormatError(f"{path} is not a sentencepiece model: {err}") from err
         self.sp_model_path = path
         base = self._sp.GetPieceSize()
         specials = {"unk": self._sp.unk_id(), "bos": self._sp.bos_id(), "eos": self._sp.eos_id()}
         for name, idx in specials.items():
             if idx < 0:
-                raise ValueError(f"{path} has no {name} piece; a LLaMA-style model needs <unk>, <s> and </s>")
+                raise FileFormatError(f"{path} has no {name} piece; a LLaMA-style model needs <unk>, <s> and </s>")
         self._unk_id, self._bos_id, self._eos_id = specials["unk"], specials["bos"], specials["eos"]
         # The special tokens are cut out of the text but never strip their neighbours (step 2 above).
         self._special_pieces = {self._sp.IdToPiece(i): i for i in specials.values()}
@@ -108,20 +109,20 @@ class ReadTokenizer:
         """Load ``tokenizer.model`` and, if present, ``added_tokens.json`` from ``directory`` (no code is run)."""
         directory = Path(directory)
         if not directory.is_dir():
-            raise FileNotFoundError(f"tokenizer directory not found: {directory}")
+            raise MissingFileError(f"tokenizer directory not found: {directory}")
         added_file = directory / ADDED_TOKENS_FILE
         added: dict[str, int] | None = None
         if added_file.is_file():
             try:
                 added = json.loads(added_file.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{added_file}: invalid JSON ({err})") from err
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise FileFormatError(f"{added_file}: invalid JSON ({err})") from err
             if not isinstance(added, dict):
-                raise ValueError(f"{added_file}: expected an object token -> id, got {type(added).__name__}")
+                raise FileFormatError(f"{added_file}: expected an object token -> id, got {type(added).__name__}")
         try:
             return cls(directory / SP_MODEL_FILE, added)
         except _AddedTokenError as err:
-            raise ValueError(f"{added_file}: {err.detail}") from None
+            raise FileFormatError(f"{added_file}: {err.detail}") from None
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``tokenizer.model``, ``added_tokens.json`` and ``tokenizer_config.json`` into ``directory``.

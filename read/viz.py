@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from read.sasp import NEGATIVE, NEUTRAL, POSITIVE, full_resolution_map
+from read.model.sasp import NEGATIVE, NEUTRAL, POSITIVE, full_resolution_map
 
 # RGB colour of each point label.
 LABEL_COLOURS = {POSITIVE: (0, 255, 0), NEGATIVE: (255, 0, 0), NEUTRAL: (128, 128, 128)}
@@ -29,16 +29,19 @@ def similarity_heatmap(
     labels: np.ndarray | Tensor | None = None,
     *,
     alpha: float = 0.7,
+    geometry: str = "reference",
 ) -> np.ndarray:
-    """The similarity map (SasP's map A, SPEC 2.3) as a JET heat map over the image, with the point prompts.
+    """The similarity map (SasP's map A, docs/reference.md#sasp) as a JET heat map over the image, with the point
+    prompts.
 
     Arguments:
         image: (H, W, 3) uint8 RGB original image.
         sim: (N,) raw similarities of one ``[SEG]`` (``PointPrompts.sim[i]``).
-        clip_size: CLIP input side used to undo its centre crop (as for :func:`read.sasp.select_points`).
+        clip_size: CLIP input side used to undo its centre crop (as for :func:`read.model.sasp.select_points`).
         coords: optional (K, 2) point (x, y) in image pixels.
         labels: (K,) labels in {1, 0, -1}; required with ``coords``.
         alpha: weight of the heat map in the blend.
+        geometry: how the CLIP crop is undone, as the model's ``sasp.geometry`` ("reference" or "clip").
 
     Returns:
         (H, W, 3) uint8 RGB picture.
@@ -46,7 +49,7 @@ def similarity_heatmap(
     image = _check_image(image)
     h, w = image.shape[:2]
     sim_t = torch.as_tensor(_to_numpy(sim), dtype=torch.float32).reshape(-1)
-    heat = full_resolution_map(sim_t, (h, w), clip_size).numpy()  # (H, W) in [0, 1]
+    heat = full_resolution_map(sim_t, (h, w), clip_size, geometry).numpy()  # (H, W) in [0, 1]
     heat = cv2.applyColorMap(np.rint(heat.clip(0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)
     heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
     out = (image.astype(np.float32) * (1 - alpha) + heat.astype(np.float32) * alpha).round().astype(np.uint8)

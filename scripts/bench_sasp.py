@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from read.sasp import select_points, similarity_map  # noqa: E402
+from read.config import SaspConfig  # noqa: E402
+from read.model.sasp import select_points, similarity_map  # noqa: E402
 from sasp_oracle import oracle_select_points  # noqa: E402
 
 SIZES = [(333, 500), (480, 640), (1080, 1920), (1920, 1080), (376, 500), (720, 1280), (500, 375), (1024, 768)]
@@ -63,7 +64,7 @@ def main() -> None:
     def fast(backward: bool, from_sim: bool = False) -> None:
         x, s = image.requires_grad_(backward), seg.requires_grad_(backward)
         sim = sim_leaf.requires_grad_(backward) if from_sim else similarity_map(x, s)
-        coords, _ = select_points(sim, SIZES, **HPARAMS)
+        coords, _ = select_points(sim, SIZES, SaspConfig(**HPARAMS))
         if backward:
             coords.sum().backward()
 
@@ -76,7 +77,7 @@ def main() -> None:
 
     with torch.no_grad():
         sim = similarity_map(image, seg)
-        fast_coords, fast_labels = select_points(sim, SIZES, **HPARAMS)
+        fast_coords, fast_labels = select_points(sim, SIZES, SaspConfig(**HPARAMS))
         ref_coords, ref_labels, _ = oracle_select_points(sim, SIZES, **HPARAMS)
     same = torch.equal(fast_labels, ref_labels)
     err = float((fast_coords - ref_coords).abs().max())

@@ -44,8 +44,9 @@ sys.path.insert(0, str(ROOT))
 from read.batch import ReadBatch  # noqa: E402
 from read.config import ReadConfig, load_config  # noqa: E402
 from read.constants import IGNORE_INDEX  # noqa: E402
-from read.memory import (  # noqa: E402
-    GROUPS,
+from read.model import ReadModel, build_read_model  # noqa: E402
+from read.model.trainable import GROUPS, prepare_for_training  # noqa: E402
+from read.tools.memory import (  # noqa: E402
     MemoryEstimate,
     StepShape,
     count_parameters,
@@ -53,8 +54,6 @@ from read.memory import (  # noqa: E402
     format_bytes,
     measured_parameter_counts,
 )
-from read.model import ReadModel, build_read_model  # noqa: E402
-from read.model.trainable import prepare_for_training  # noqa: E402
 
 PRECISION_TO_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -120,8 +119,14 @@ def token_ids(cfg: ReadConfig) -> TokenIds:
 
         tok = ReadTokenizer.from_pretrained(cfg.model.tokenizer_path)
         return TokenIds(
-            len(tok), tok.seg_token_id, tok.im_start_token_id, tok.im_end_token_id, tok.image_token_id,
-            tok.bos_token_id, tok.eos_token_id, tok.pad_token_id,
+            len(tok),
+            tok.seg_token_id,
+            tok.im_start_token_id,
+            tok.im_end_token_id,
+            tok.image_token_id,
+            tok.bos_token_id,
+            tok.eos_token_id,
+            tok.pad_token_id,
         )
     base = cfg.model.text.vocab_size
     return TokenIds(base + 4, base, base + 1, base + 2, base + 3)
@@ -285,7 +290,9 @@ def run_train(
     """Training steps with AdamW over the trainable parameters; returns (timed durations, all losses)."""
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, betas=tuple(cfg.train.betas), weight_decay=cfg.train.weight_decay)
+    optimizer = torch.optim.AdamW(
+        params, lr=cfg.train.lr, betas=tuple(cfg.train.betas), weight_decay=cfg.train.weight_decay
+    )
     times, losses = [], []
     for i, batch in enumerate(batches):
         _sync(device)
@@ -342,8 +349,14 @@ def estimate_rows(
         "eval": estimate_memory(cfg, vocab, shape, training=False, device=device),
         "train (torch AdamW)": estimate_memory(cfg, vocab, shape, device=device),
         ds_label: estimate_memory(
-            cfg, vocab, shape, optimizer="deepspeed", zero_stage=stage, world_size=world_size,
-            offload_optimizer=offload, device=device,
+            cfg,
+            vocab,
+            shape,
+            optimizer="deepspeed",
+            zero_stage=stage,
+            world_size=world_size,
+            offload_optimizer=offload,
+            device=device,
         ),
     }
     labels = [label for label, _ in next(iter(estimates.values())).rows()]
@@ -351,10 +364,22 @@ def estimate_rows(
     toggled = copy.deepcopy(cfg)
     toggled.model.gradient_checkpointing = not cfg.model.gradient_checkpointing
     other = estimate_memory(toggled, vocab, shape, device=device)
-    rows.insert(4, (f"  (activations with checkpointing {'on' if toggled.model.gradient_checkpointing else 'off'})",
-                    "-", format_bytes(other.activations), format_bytes(other.activations)))
+    rows.insert(
+        4,
+        (
+            f"  (activations with checkpointing {'on' if toggled.model.gradient_checkpointing else 'off'})",
+            "-",
+            format_bytes(other.activations),
+            format_bytes(other.activations),
+        ),
+    )
     notes = sorted({n for e in estimates.values() for n in e.notes})
-    text = table(rows, ("estimate", *estimates)) + f"\n(DeepSpeed settings from {source}" + "".join(f"; {n}" for n in notes) + ")"
+    text = (
+        table(rows, ("estimate", *estimates))
+        + f"\n(DeepSpeed settings from {source}"
+        + "".join(f"; {n}" for n in notes)
+        + ")"
+    )
     return text, estimates
 
 
@@ -368,7 +393,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ids = token_ids(cfg)
     generator = torch.Generator().manual_seed(args.seed)
     n_eval, n_train = args.warmup + args.eval_steps, args.warmup + args.steps
-    batches = [synthetic_batch(cfg, ids, batch_size, args.rows_per_image, generator) for _ in range(max(n_eval, n_train, 1))]
+    batches = [
+        synthetic_batch(cfg, ids, batch_size, args.rows_per_image, generator) for _ in range(max(n_eval, n_train, 1))
+    ]
     seq_len = max(b.input_ids.shape[1] for b in batches)
     shape = StepShape(batch_size=batch_size, rows_per_image=args.rows_per_image, seq_len=seq_len)
     formula = count_parameters(cfg, ids.vocab_size)
@@ -380,12 +407,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ("precision (weights)", f"{precision} ({cfg.model.dtype}; SAM prompt encoder fp32)"),
         ("attn_implementation", cfg.model.attn_implementation),
         ("gradient_checkpointing", str(cfg.model.gradient_checkpointing)),
-        ("lora", f"r={cfg.lora.r} {','.join(cfg.lora.target_modules)} dropout={cfg.lora.dropout}" if cfg.lora.enabled else "off"),
+        (
+            "lora",
+            f"r={cfg.lora.r} {','.join(cfg.lora.target_modules)} dropout={cfg.lora.dropout}"
+            if cfg.lora.enabled
+            else "off",
+        ),
         ("train_embeddings", cfg.lora.train_embeddings),
         ("sasp", f"{cfg.sasp.num_points} points" if cfg.sasp.enabled else "off (LISA)"),
         ("images x rows/image", f"{batch_size} x {args.rows_per_image}"),
-        ("CLIP / SAM input", f"{cfg.model.vision.image_size} ({cfg.model.vision.num_patches} image tokens) / {cfg.model.sam.image_size}"),
-        ("row length (tokens)", f"{min(b.attention_mask.sum(1).min().item() for b in batches)}-{seq_len} (padded to <= {seq_len})"),
+        (
+            "CLIP / SAM input",
+            f"{cfg.model.vision.image_size} ({cfg.model.vision.num_patches} image tokens) / {cfg.model.sam.image_size}",
+        ),
+        (
+            "row length (tokens)",
+            f"{min(b.attention_mask.sum(1).min().item() for b in batches)}-{seq_len} (padded to <= {seq_len})",
+        ),
         ("vocabulary", f"{ids.vocab_size} ([SEG]={ids.seg}, <image>={ids.image})"),
         ("parameters (total / trainable)", f"{sum(formula.values()):,} / {_trainable(cfg, formula):,}"),
         ("steps (eval / train, + warmup)", f"{args.eval_steps} / {args.steps} (+{args.warmup} each)"),
@@ -425,19 +463,39 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     over = baseline if device.type == "cpu" else 0
     perf = [
-        ("eval", len(eval_times), *speed(eval_times), format_bytes(eval_peak - over), format_bytes(estimates["eval"].peak)),
-        ("train", len(train_times), *speed(train_times), format_bytes(train_peak - over),
-         format_bytes(estimates["train (torch AdamW)"].peak)),
+        (
+            "eval",
+            len(eval_times),
+            *speed(eval_times),
+            format_bytes(eval_peak - over),
+            format_bytes(estimates["eval"].peak),
+        ),
+        (
+            "train",
+            len(train_times),
+            *speed(train_times),
+            format_bytes(train_peak - over),
+            format_bytes(estimates["train (torch AdamW)"].peak),
+        ),
     ]
     what = probe.method + (f", minus {format_bytes(baseline)} RSS before the build" if over else "")
     print(table(perf, ("phase", "steps", "s/step", "samples/s", "tokens/s", "peak memory", "estimate")))
     print(f"(peak memory: {what}; build {build_s:.1f} s; losses {', '.join(f'{x:.3f}' for x in losses)})\n")
     print(estimate_text)
-    print("parameter counts: formula == built model for every group" if not mismatch else
-          "parameter count MISMATCH: " + ", ".join(f"{g} formula {formula[g]:,} built {built[g]:,}" for g in mismatch))
+    print(
+        "parameter counts: formula == built model for every group"
+        if not mismatch
+        else "parameter count MISMATCH: "
+        + ", ".join(f"{g} formula {formula[g]:,} built {built[g]:,}" for g in mismatch)
+    )
     result.update(
-        build_s=build_s, eval_s_per_step=eval_times, train_s_per_step=train_times, losses=losses,
-        eval_peak_bytes=eval_peak - over, train_peak_bytes=train_peak - over, memory_method=what,
+        build_s=build_s,
+        eval_s_per_step=eval_times,
+        train_s_per_step=train_times,
+        losses=losses,
+        eval_peak_bytes=eval_peak - over,
+        train_peak_bytes=train_peak - over,
+        memory_method=what,
         parameter_mismatch=mismatch,
     )
     _write_json(args.json, result)
@@ -445,7 +503,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def _trainable(cfg: ReadConfig, formula: dict[str, int]) -> int:
-    from read.memory import trainable_groups
+    from read.model.trainable import trainable_groups
 
     return sum(formula[g] for g in trainable_groups(cfg))
 
@@ -454,7 +512,8 @@ def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         flash = torch.backends.cuda.flash_sdp_enabled() and props.major >= 8
-        return f"{props.name} ({props.total_memory / 2**30:.0f} GiB, sm_{props.major}{props.minor}, flash SDPA {'yes' if flash else 'no'})"
+        sdpa = "yes" if flash else "no"
+        return f"{props.name} ({props.total_memory / 2**30:.0f} GiB, sm_{props.major}{props.minor}, flash SDPA {sdpa})"
     return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 

@@ -1,16 +1,26 @@
 #!/usr/bin/env python
 """Check a dataset folder before training or evaluation.
 
-For every requested dataset it reports what it found (images and annotations per split) and lists every missing or
-unreadable file, then prints a summary. The exit status is 1 when a requested dataset is unusable (its index files
-are missing or broken, or it has no usable sample), 0 otherwise.
+For every requested dataset it reports what it found (images and annotations per split) and lists every problem:
+a missing, empty, truncated or unreadable file, an annotation without its image (or the reverse), ground truth that
+training would skip and evaluation would refuse (a ReasonSeg annotation without a usable target polygon, a RefCOCO
+ref whose object has no usable mask), a refs pickle that names a code object. Then it prints a summary.
 
     python scripts/check_data.py --dataset_dir data
-    python scripts/check_data.py --dataset_dir data --datasets reason_seg refcoco fprefcoco ade20k --decode
+    python scripts/check_data.py --dataset_dir data --datasets ReasonSeg refcoco fprefcoco ade20k --decode
 
 Names: the training types (reason_seg, refer_seg, neg_refer_seg, correct_refer_seg, sem_seg, vqa; each expands to
 the lists of ``DataConfig``) or single datasets (ReasonSeg, refcoco, ..., grefcoco, ade20k, ..., llava_instruct_150k).
-Without ``--decode`` images are only checked for presence; with it every image and label map is decoded.
+``ReasonSeg`` checks the splits that exist (train, val, test); ``ReasonSeg|train_val`` requires those splits.
+RefCOCO-family refs files are found as training and evaluation find them (``--refer_protocol auto``: READ/SESAME's
+``refs(*_exclude_unified).p`` when present, else the standard ``refs(unc).p`` / ``refs(umd).p``); the report names
+the file used. Polygons are checked against the image size read from the file header; ``--decode`` also decodes
+every image, label map and RefCOCO mask (a truncated JPEG is found only then).
+
+Exit status: 0 when no problem was found; 1 when problems were found but every requested dataset is still usable
+(training skips the bad samples; evaluation refuses a split with one); 2 when a requested dataset is unusable (its
+index files are missing or refused, or it has no usable sample), or for a usage error (an unknown dataset name, a
+missing ``--dataset_dir``: one line ``error: ...``).
 """
 
 from __future__ import annotations
@@ -24,17 +34,27 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from read.cli import add_debug_flag, run_main  # noqa: E402
 from read.config import DataConfig  # noqa: E402
-from read.data.masks import reason_seg_mask  # noqa: E402
-from read.data.reason_seg import json_path_for, parse_reason_seg_data, read_reason_seg_json  # noqa: E402
-from read.data.refer import REFER_DATASETS, ReferIndex, sentence_exists, split_by_for  # noqa: E402
+from read.data.reason_seg import (  # noqa: E402
+    annotation_problems,
+    find_reason_seg_files,
+    json_path_for,
+    parse_reason_seg_data,
+    read_reason_seg_json,
+)
+from read.data.refer import REFER_DATASETS, REFER_PROTOCOLS, ReferIndex, sentence_exists  # noqa: E402
+from read.data.refer_seg import image_sentences  # noqa: E402
 from read.data.sample import DataError  # noqa: E402
 from read.data.sem_seg import SEM_SEG_DATASETS, LabelMapSource, build_sem_seg_source, load_label_map  # noqa: E402
-from read.data.transforms import load_image  # noqa: E402
+from read.data.transforms import image_size, load_image  # noqa: E402
 from read.data.vqa import VQADataset, vqa_messages  # noqa: E402
+from read.errors import ConfigError, MissingFileError, UserError  # noqa: E402
 
 TYPES = ("reason_seg", "refer_seg", "neg_refer_seg", "correct_refer_seg", "sem_seg", "vqa")
+REASON_SEG_SPLITS = ("train", "val", "test")
 MAX_LISTED = 50  # problems printed per dataset (all are counted)
+EXIT_OK, EXIT_PROBLEMS, EXIT_UNUSABLE = 0, 1, 2
 
 
 @dataclass
@@ -67,42 +87,55 @@ def _check_image(path: str, decode: bool, report: Report) -> bool:
     return True
 
 
-def check_reason_seg(dataset_dir: str, folder: str, splits: list[str], decode: bool) -> Report:
+def check_reason_seg(dataset_dir: str, folder: str, splits: list[str] | None, decode: bool) -> Report:
+    """``splits=None``: the splits that exist (train, val, test); otherwise each given split must exist."""
     report = Report(f"{folder} (reason_seg)")
     root = os.path.join(dataset_dir, "reason_seg", folder)
+    if splits is None:
+        splits = [s for s in REASON_SEG_SPLITS if os.path.isdir(os.path.join(root, s))]
+        absent = [s for s in REASON_SEG_SPLITS if s not in splits]
+        report.found.append(f"splits: {', '.join(splits) or 'none'}" + (f" (absent: {', '.join(absent)})" if absent
+                                                                          else ""))  # fmt: skip
+        if not splits:
+            report.fail(f"no split folder ({', '.join(REASON_SEG_SPLITS)}) in {root}")
+            return report
     usable_total = 0
     for split in splits:
         split_dir = os.path.join(root, split)
         if not os.path.isdir(split_dir):
             report.fail(f"missing split folder: {split_dir}")
             continue
-        images = sorted(f for f in os.listdir(split_dir) if f.endswith(".jpg"))
-        jsons = sorted(f for f in os.listdir(split_dir) if f.endswith(".json"))
+        try:
+            files = find_reason_seg_files(dataset_dir, folder, [split])
+        except FileNotFoundError as e:
+            report.problems.append(str(e))
+            continue
+        report.problems += files.unpaired()
         usable, fp, long_q = 0, 0, 0
-        for name in images:
-            path = os.path.join(split_dir, name)
+        for path in files.images:
             ok = _check_image(path, decode, report)
+            json_path = json_path_for(path)
             try:
-                ann = read_reason_seg_json(json_path_for(path))
+                ann = read_reason_seg_json(json_path)
             except DataError as e:
                 report.problems.append(str(e))
                 continue
             fp += ann.false_premise_qa is not None
             long_q += ann.is_sentence
-            if decode and ok:
-                image = load_image(path)
-                try:
-                    mask = reason_seg_mask(ann.shapes, image.shape[0], image.shape[1], json_path_for(path))
-                except DataError as e:
-                    report.problems.append(str(e))
-                    continue
-                if not (mask == 1).any():
-                    report.problems.append(f"{json_path_for(path)}: empty target mask")
-            usable += ok
-        orphans = sorted(set(os.path.splitext(j)[0] for j in jsons) - set(os.path.splitext(i)[0] for i in images))
-        report.problems += [f"annotation without image: {os.path.join(split_dir, o)}.json" for o in orphans]
+            if not ok:
+                continue
+            try:
+                height, width = load_image(path).shape[:2] if decode else image_size(path)
+            except DataError as e:
+                report.problems.append(f"unreadable image: {e}")
+                continue
+            problems = annotation_problems(ann, height, width, json_path)
+            report.problems += problems
+            usable += not problems
+        n_images = len(files.images) + len(files.missing_annotations)
+        n_jsons = len(files.images) + len(files.missing_images)
         report.found.append(
-            f"{split}: {len(images)} images, {len(jsons)} json ({long_q} long queries, {fp} with false_premise_QA)"
+            f"{split}: {n_images} images, {n_jsons} json ({long_q} long queries, {fp} with false_premise_QA)"
         )
         usable_total += usable
     explanatory = os.path.join(root, "explanatory", "train.json")
@@ -113,13 +146,13 @@ def check_reason_seg(dataset_dir: str, folder: str, splits: list[str], decode: b
 
 
 def check_refer(dataset_dir: str, dataset: str, protocol: str, decode: bool) -> Report:
-    split_by = split_by_for(dataset, protocol)
-    report = Report(f"{dataset} (refs {split_by})")
+    report = Report(dataset)
     try:
-        index = ReferIndex(os.path.join(dataset_dir, "refer_seg"), dataset, split_by)
-    except (FileNotFoundError, DataError) as e:
+        index = ReferIndex.open(os.path.join(dataset_dir, "refer_seg"), dataset, protocol)
+    except (FileNotFoundError, UserError) as e:
         report.fail(str(e))
         return report
+    report.name = f"{dataset} ({index.refs_file.describe()})"
     report.found.append(
         f"{os.path.basename(index.refs_path)}: {len(index.refs)} refs; instances.json: {len(index.images)} images, "
         f"{len(index.anns)} annotations"
@@ -139,15 +172,17 @@ def check_refer(dataset_dir: str, dataset: str, protocol: str, decode: bool) -> 
                 continue
             ok_images += _check_image(index.image_path(image), decode, report)
         for r in refs:
-            ids = r["ann_id"] if isinstance(r["ann_id"], list) else [r["ann_id"]]
-            for a in ids:
-                if a != -1 and a not in index.anns:
-                    report.problems.append(f"{index.instances_path}: annotation {a} of ref {r['ref_id']} not found")
-            if decode and r["image_id"] in index.images:
-                try:
-                    index.ann_mask(r["ann_id"], index.images[r["image_id"]])
-                except DataError as e:
-                    report.problems.append(str(e))
+            image = index.images.get(r["image_id"])
+            try:
+                expects_target = any(s.expects_target for s in image_sentences([r]))
+            except DataError as e:
+                report.problems.append(f"{index.refs_path}: {e}")
+                continue
+            if image is None or not expects_target:
+                continue
+            problem = index.target_problem(r["ann_id"], image, decode=decode)
+            if problem is not None:
+                report.problems.append(f"{index.refs_path}: ref {r['ref_id']} (image {image['file_name']}): {problem}")
         report.found.append(
             f"{split}: {len(refs)} refs, {len(sentences)} sentences ({false_premises} false premises), "
             f"{len(image_ids)} images ({ok_images} present)"
@@ -216,7 +251,7 @@ def expand(names: list[str], cfg: DataConfig) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for name in names:
         if name == "reason_seg":
-            out.append(("reason_seg", cfg.reason_seg_data))
+            out.append(("reason_seg", cfg.reason_seg_data or "ReasonSeg"))
         elif name in ("refer_seg", "neg_refer_seg", "correct_refer_seg"):
             lists = {"refer_seg": cfg.refer_seg_data, "neg_refer_seg": cfg.neg_refer_seg_data,
                      "correct_refer_seg": cfg.correct_refer_seg_data}  # fmt: skip
@@ -230,11 +265,14 @@ def expand(names: list[str], cfg: DataConfig) -> list[tuple[str, str]]:
         elif name in SEM_SEG_DATASETS:
             out.append(("sem_seg", name))
         elif name == "ReasonSeg" or "|" in name:
-            out.append(("reason_seg", name if "|" in name else "ReasonSeg|train_val_test"))
+            out.append(("reason_seg", name))
         elif name.startswith("llava"):
             out.append(("vqa", name))
         else:
-            raise SystemExit(f"check_data: unknown dataset name {name!r}")
+            raise ConfigError(
+                f"--datasets: unknown dataset name {name!r}; give a type ({', '.join(TYPES)}) or a dataset name "
+                f"(ReasonSeg, refcoco, ..., ade20k, ..., llava_instruct_150k)"
+            )
     seen, unique = set(), []
     for item in out:
         if item not in seen:
@@ -244,18 +282,32 @@ def expand(names: list[str], cfg: DataConfig) -> list[tuple[str, str]]:
 
 
 def run_checks(dataset_dir: str, names: list[str], cfg: DataConfig, decode: bool) -> list[Report]:
+    """One report per requested dataset; a dataset whose files stop its check (e.g. a refused pickle) is one
+    unusable report naming the file, and the other datasets are still checked."""
     reports = []
     for kind, ds in expand(names, cfg):
-        if kind == "reason_seg":
-            folder, splits = parse_reason_seg_data(ds)
-            reports.append(check_reason_seg(dataset_dir, folder, splits, decode))
-        elif kind == "refer":
-            reports.append(check_refer(dataset_dir, ds, cfg.refer_protocol, decode))
-        elif kind == "sem_seg":
-            reports.append(check_sem_seg(dataset_dir, ds, decode))
-        else:
-            reports.append(check_vqa(dataset_dir, ds, decode))
+        try:
+            if kind == "reason_seg":
+                folder, splits = parse_reason_seg_data(ds) if "|" in ds else (ds, None)
+                reports.append(check_reason_seg(dataset_dir, folder, splits, decode))
+            elif kind == "refer":
+                reports.append(check_refer(dataset_dir, ds, cfg.refer_protocol, decode))
+            elif kind == "sem_seg":
+                reports.append(check_sem_seg(dataset_dir, ds, decode))
+            else:
+                reports.append(check_vqa(dataset_dir, ds, decode))
+        except (UserError, OSError) as e:
+            report = Report(f"{ds} ({kind})")
+            report.fail(str(e))
+            reports.append(report)
     return reports
+
+
+def exit_status(reports: list[Report]) -> int:
+    """See the module docstring: 0 no problem, 1 problems in usable datasets, 2 an unusable dataset."""
+    if any(not r.usable for r in reports):
+        return EXIT_UNUSABLE
+    return EXIT_PROBLEMS if any(r.problems for r in reports) else EXIT_OK
 
 
 def print_reports(reports: list[Report], out=None) -> None:
@@ -285,18 +337,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset_dir", required=True, help="dataset root (the layout of README 'Data')")
     parser.add_argument("--datasets", nargs="+", default=list(TYPES), help="types or single datasets to check")
     parser.add_argument("--decode", action="store_true", help="decode every image, label map and mask")
-    parser.add_argument("--refer_protocol", choices=("read", "lisa"), default="read", help="refs-file convention")
-    parser.add_argument("--reason_seg_data", default="ReasonSeg|train_val_test", help="ReasonSeg folder|splits")
+    parser.add_argument(
+        "--refer_protocol",
+        choices=REFER_PROTOCOLS,
+        default="auto",
+        help="refs-file convention (auto: READ/SESAME's file when present, else the standard one)",
+    )
+    parser.add_argument(
+        "--reason_seg_data",
+        default="ReasonSeg",
+        help="the reason_seg type's data: a folder (its splits that exist) or folder|splits",
+    )
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     if not os.path.isdir(args.dataset_dir):
-        print(f"check_data: dataset_dir does not exist: {args.dataset_dir}", file=sys.stderr)
-        return 1
+        raise MissingFileError(f"--dataset_dir: directory not found: {args.dataset_dir}")
     cfg = DataConfig(dataset_dir=args.dataset_dir, refer_protocol=args.refer_protocol,
                      reason_seg_data=args.reason_seg_data)  # fmt: skip
     reports = run_checks(args.dataset_dir, args.datasets, cfg, args.decode)
     print_reports(reports)
-    return 1 if any(not r.usable for r in reports) else 0
+    return exit_status(reports)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, error_status=EXIT_UNUSABLE))

@@ -4,8 +4,8 @@
         --run read runs/quickstart/read runs/quickstart/read/eval \\
         [--run lisa runs/quickstart/lisa runs/quickstart/lisa/eval] [--timing runs/quickstart/timing.json]
 
-Each ``--run NAME TRAIN_DIR EVAL_DIR`` names a training output directory (``train.output_dir``) and an ``eval.py`` output directory (``results.json``, ``teacher/predictions.jsonl`` and the pictures
-of ``--vis``). Writes:
+Each ``--run NAME TRAIN_DIR EVAL_DIR`` names a training output directory (``train.output_dir``) and an ``eval.py``
+output directory (``results.json``, ``teacher/predictions.jsonl`` and the pictures of ``--vis``). Writes:
 
 * ``<out>/metrics.json``: gIoU / cIoU overall, short and long per run, the number of images, the training steps,
   the optional timings, and with ``--dataset_dir`` (a synthetic dataset) the scores of query-blind guesses;
@@ -30,6 +30,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from read.data.synthetic import SyntheticConfig, generate_scene
+from read.evaluation.metrics import intersection_union, mask_iou
+
 logger = logging.getLogger("make_report")
 
 METRICS_FILE = "metrics.json"
@@ -51,8 +54,8 @@ def read_eval_results(eval_dir: str | Path, mode: str = "teacher") -> dict[str, 
 
     Returns:
         {"overall"|"short"|"long": {"giou", "ciou", "num_masks"}, "num_images": int, "pointing": {...}}; groups
-        missing from the results are left out, and "pointing" (``read.pointing.summarize_pointing``) when the run
-        has no similarity maps.
+        missing from the results are left out, and "pointing" (``read.evaluation.pointing.summarize_pointing``) when
+        the run has no similarity maps.
     """
     path = Path(eval_dir) / "results.json"
     if not path.is_file():
@@ -375,6 +378,53 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def chance_scores(dataset_dir: str, split: str = "val") -> dict[str, Any]:
+    """What segmenting without understanding the query scores on a written split: the floor a trained model must
+    clear. The scenes are redrawn from ``synthetic_config.json`` (generation is deterministic).
+
+    Returns:
+        {"random_object": {"giou", "ciou"} (the expectation when one of the scene's objects is picked uniformly),
+        "all_objects": {"giou", "ciou"} (the union of every object), "num_images": int}, also per "short" / "long".
+    """
+    meta_path = Path(dataset_dir) / "reason_seg" / "ReasonSeg" / "synthetic_config.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path} not found: chance scores need a dataset written by make_synthetic")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    raw = dict(meta["config"])
+    for key in ("num_objects", "object_size", "texts_per_image", "colors", "shapes"):
+        raw[key] = tuple(raw[key])
+    raw["holdout"] = tuple(tuple(c) for c in raw["holdout"])
+    cfg = SyntheticConfig(**raw)
+    acc = {g: {"random_object": [[], 0.0, 0.0], "all_objects": [[], 0.0, 0.0]} for g in ("overall", "short", "long")}
+    num = int(meta["counts"].get(split, 0))
+    for i in range(num):
+        _, annotation, objects = generate_scene(cfg, split, i, int(meta["seed"]))
+        target = objects[annotation["synthetic"]["target"]].visible
+        groups = ("overall", "long" if annotation["is_sentence"] else "short")
+        # Expected intersection/union of a uniformly random pick: their means over the objects.
+        pairs = [intersection_union(o.visible, target) for o in objects]
+        ious = [mask_iou(inter, union) for inter, union in pairs]
+        exp_i = float(np.mean([p[0] for p in pairs]))
+        exp_u = float(np.mean([p[1] for p in pairs]))
+        union_all = np.any([o.visible for o in objects], axis=0)
+        ui, uu = intersection_union(union_all, target)
+        for g in groups:
+            acc[g]["random_object"][0].append(float(np.mean(ious)))
+            acc[g]["random_object"][1] += exp_i
+            acc[g]["random_object"][2] += exp_u
+            acc[g]["all_objects"][0].append(mask_iou(ui, uu))
+            acc[g]["all_objects"][1] += ui
+            acc[g]["all_objects"][2] += uu
+    out: dict[str, Any] = {"num_images": num}
+    for g, by_name in acc.items():
+        out[g] = {
+            name: {"giou": float(np.mean(v[0])) if v[0] else float("nan"), "ciou": v[1] / v[2] if v[2] else 0.0,
+                   "num_masks": len(v[0])}
+            for name, v in by_name.items()
+        }  # fmt: skip
+    return out
+
+
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -393,8 +443,6 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit(f"make_report.py: error: {e}") from e
     curves = {name: read_scalars(train_dir) for name, train_dir, _ in runs}
     if args.dataset_dir:
-        from read.data.synthetic import chance_scores
-
         try:
             metrics["chance"] = chance_scores(args.dataset_dir, args.split)
         except FileNotFoundError as e:

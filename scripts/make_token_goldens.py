@@ -298,9 +298,7 @@ def main() -> None:
                 "labels": None if texts[-1] is None else reference_labels(prompt, tok, template),
             }
         )
-    saved_layout = [
-        {"name": name, "text": text, "ids": shipped(text).input_ids} for name, text in SAVED_LAYOUT_CASES
-    ]
+    saved_layout = [{"name": name, "text": text, "ids": shipped(text).input_ids} for name, text in SAVED_LAYOUT_CASES]
 
     golden = {
         "provenance": {

@@ -373,7 +373,7 @@ def write_llava(dataset_dir: Path) -> dict:
 
 
 def write_all(dataset_dir: Path) -> dict[str, Any]:
-    """Every dataset type under one root (the layout of SPEC 4.1)."""
+    """Every dataset type under one root (the layout of docs/reference.md#data-layout)."""
     out = {"reason_seg": write_reason_seg(dataset_dir)}
     for ds in ("refcoco", "refcoco+"):
         out[ds] = write_refcoco(dataset_dir, ds)
@@ -391,3 +391,45 @@ def write_all(dataset_dir: Path) -> dict[str, Any]:
     out["pascal_part"] = write_pascal_part(dataset_dir)
     out["vqa"] = write_llava(dataset_dir)
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# broken files
+
+
+def truncate_file(path: Path, keep: float = 0.5) -> Path:
+    """Cut a file to ``keep`` of its length (a download or copy that stopped early)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+# ReasonSeg ``shapes`` lists that cannot serve as ground truth in a 40 x 60 image, with the reason given.
+DEGENERATE_SHAPES = {
+    "one_point": ([{"label": "target", "points": [[20, 20]]}], "1 distinct point(s); a polygon needs at least 3"),
+    "two_points": ([{"label": "target", "points": [[10, 10], [30, 20]]}], "2 distinct point(s)"),
+    "collinear": ([{"label": "target", "points": [[10, 10], [20, 20], [30, 30]]}], "(nearly) on one line"),
+    "outside": ([{"label": "target", "points": rect_polygon(70, 50, 90, 70)}], "lies entirely outside the 60x40"),
+    "negative": ([{"label": "target", "points": rect_polygon(-30, -20, -5, -2)}], "lies entirely outside the 60x40"),
+    "absurd": ([{"label": "target", "points": [[10, 10], [1e10, 10], [10, 30]]}], "point (1e+10, 10) lies far outside"),
+    "no_shapes": ([], "no target: 'shapes' is empty"),
+    "only_ignore": ([{"label": "ignore", "points": rect_polygon(10, 5, 29, 24)}], "every shape is labelled 'ignore'"),
+    "covered": (  # equal areas: the later shape is drawn first, the ignore region on top
+        [{"label": "ignore", "points": rect_polygon(10, 5, 29, 24)},
+         {"label": "target", "points": rect_polygon(10, 5, 29, 24)}],
+        "the target is empty: 'ignore' regions cover all of it",
+    ),
+}  # fmt: skip
+
+
+def write_bad_reason_seg_items(dataset_dir: Path, split: str, size: tuple[int, int] = (40, 60)) -> dict[str, Path]:
+    """Three unusable ReasonSeg items in ``split``: a 2-point target polygon, a truncated JPEG and an annotation
+    whose image is missing. Returns {kind: the file a message must name}."""
+    root = dataset_dir / "reason_seg" / "ReasonSeg" / split
+    two = write_reason_seg_item(dataset_dir, split, "bad_two_points", size=size,
+                                shapes=DEGENERATE_SHAPES["two_points"][0])  # fmt: skip
+    cut = write_reason_seg_item(dataset_dir, split, "bad_truncated", size=size, seed=5)
+    truncate_file(cut)
+    gone = write_reason_seg_item(dataset_dir, split, "bad_no_image", size=size)
+    gone.unlink()
+    return {"degenerate": two.with_suffix(".json"), "truncated": cut, "missing_image": root / "bad_no_image.json"}

@@ -1,7 +1,7 @@
 """Writers of tiny checkpoints in the exact layouts of the released READ / SESAME / LISA models and of OpenAI CLIP
 towers, for the loader tests.
 
-The original key names are spelled out here from the reference's module tree (SPEC 8.2), independently of
+The original key names are spelled out here from the reference's module tree, independently of
 ``read.model.released``: LLaMA keys under ``model.``, the projector as ``model.mm_projector``, SAM under
 ``model.visual_model.`` (pip ``segment_anything`` names), the head as ``model.text_hidden_fcs.0``. The config.json
 is what transformers 4.31 writes for the reference's ``LlavaConfig`` (a ``LlamaConfig`` subclass: LLaMA fields at
@@ -47,9 +47,18 @@ class Sizes:
     out_dim: int = 32
     sam: SamConfig = field(
         default_factory=lambda: SamConfig(
-            variant="custom", image_size=64, patch_size=16, encoder_embed_dim=32, encoder_depth=2,
-            encoder_num_heads=2, encoder_global_attn_indexes=[1], encoder_window_size=2, prompt_embed_dim=32,
-            decoder_depth=2, decoder_mlp_dim=64, decoder_num_heads=8,
+            variant="custom",
+            image_size=64,
+            patch_size=16,
+            encoder_embed_dim=32,
+            encoder_depth=2,
+            encoder_num_heads=2,
+            encoder_global_attn_indexes=[1],
+            encoder_window_size=2,
+            prompt_embed_dim=32,
+            decoder_depth=2,
+            decoder_mlp_dim=64,
+            decoder_num_heads=8,
         )  # fmt: skip
     )
 
@@ -65,7 +74,7 @@ def sizes_7b(family: str = "read") -> Sizes:
 
 
 def hf_config_dict(family: str, s: Sizes, vision_tower: str = "../dataset/clip-vit-large-patch14-336") -> dict:
-    """config.json of a released checkpoint, as transformers 4.31 wrote it (SPEC 8.3)."""
+    """config.json of a released checkpoint, as transformers 4.31 wrote it."""
     cfg = {
         "_name_or_path": "./runs/merged",
         "architectures": [ARCHITECTURE[family]],
@@ -125,7 +134,12 @@ def _maker(dtype: torch.dtype, device: str | None, seed: int):
 
 
 def original_state_dict(
-    family: str, s: Sizes, *, dtype: torch.dtype = torch.bfloat16, seed: int = 0, device: str | None = None,
+    family: str,
+    s: Sizes,
+    *,
+    dtype: torch.dtype = torch.bfloat16,
+    seed: int = 0,
+    device: str | None = None,
     with_inv_freq: bool = True,
 ) -> dict[str, Tensor]:
     """Every tensor of a released checkpoint, in its original names (random values; ``device="meta"``: shapes only).
@@ -216,7 +230,13 @@ def write_weights(directory: Path, state: dict[str, Tensor], shards: int = 2, fm
 
 
 def write_released_checkpoint(
-    directory: Path, family: str, s: Sizes | None = None, *, shards: int = 2, fmt: str = "bin", seed: int = 0,
+    directory: Path,
+    family: str,
+    s: Sizes | None = None,
+    *,
+    shards: int = 2,
+    fmt: str = "bin",
+    seed: int = 0,
     vision_tower: str = "../dataset/clip-vit-large-patch14-336",
 ) -> dict[str, Tensor]:
     """A complete released-layout checkpoint directory; returns the tensors written (original names)."""
@@ -277,7 +297,7 @@ def write_clip_tower(
 
 
 def expected_target(key: str) -> str | None:
-    """SPEC 8.4, restated for the tests: where an original key must land in ReadModel (None: dropped)."""
+    """The key mapping, restated for the tests: where an original key must land in ReadModel (None: dropped)."""
     if key.endswith("rotary_emb.inv_freq"):
         return None
     renames = [

@@ -1,12 +1,17 @@
-"""Slow, literal SasP written step by step from SPEC 2.3-2.7: one sample at a time, one point at a time, and the
-soft-argmax over the whole full-resolution map for every point, as the reference does.
+"""Slow, literal SasP written step by step from docs/reference.md#sasp: one sample at a time, one point at a time,
+and the soft-argmax over the whole full-resolution map for every point, as the reference does.
 
-It applies the same two fixes as ``read.sasp`` (and nothing else differs from the reference):
+In the "reference" geometry the crop is undone with the reference's arithmetic, literally: ``new = int(side *
+(size / min(H, W)))``, ``pad = (new - size) // 2`` on both sides, ``F.pad`` (a negative pad crops). In the "clip"
+geometry it is the CLIP processor's crop (shortest side -> size exactly, longest side ``int(size * long / short)``,
+crop offset ``(resized - size) // 2``; the remainder pads the bottom/right).
 
-* [FIX] SPEC 2.10 #1: a map whose span is at most ``FLAT_TOLERANCE`` times its largest magnitude is flat; it
-  normalises to 0, and its points are all neutral, at the image centre;
-* [FIX] SPEC 2.10 #2: the crop geometry of the CLIP processor (shortest side -> size exactly, longest side
-  ``int(size * long / short)``, crop offset ``(resized - size) // 2``; the remainder pads the bottom/right).
+Apart from the geometry option it differs from the reference in what ``read.model.sasp`` documents, and nothing else:
+
+* a map whose span is at most ``FLAT_TOLERANCE`` times its largest magnitude is flat; it normalises to 0, and its
+  points are all neutral, at the image centre (the reference divides by zero);
+* a map with fewer visible coarse cells than ``min(num_points, cells^2)`` is completed with neutral points at the
+  image centre (the reference returns fewer points; tiny grids only).
 
 Sorts are stable, so ties come out in raster order. This file is the test oracle for the batched implementation and
 the baseline of ``scripts/bench_sasp.py``.
@@ -20,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from read.sasp import FLAT_TOLERANCE
+from read.model.sasp import FLAT_TOLERANCE
 
 
 def clip_resize_and_crop(height: int, width: int, size: int) -> tuple[int, int, int, int, int, int]:
@@ -37,6 +42,23 @@ def clip_resize_and_crop(height: int, width: int, size: int) -> tuple[int, int, 
     return resized_h, resized_w, top, resized_h - size - top, left, resized_w - size - left
 
 
+def reference_pads(height: int, width: int, size: int) -> tuple[int, int, int, int]:
+    """The reference's padding of a ``size`` map, written out as it computes it: (top, bottom, left, right)."""
+    scale = size / min(height, width)
+    new_h, new_w = int(height * scale), int(width * scale)
+    pad_h = (new_h - size) // 2
+    pad_w = (new_w - size) // 2
+    return pad_h, pad_h, pad_w, pad_w
+
+
+def pads(height: int, width: int, size: int, geometry: str) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) padding that undoes the crop; negative values crop."""
+    if geometry == "reference":
+        return reference_pads(height, width, size)
+    _, _, top, bottom, left, right = clip_resize_and_crop(height, width, size)
+    return top, bottom, left, right
+
+
 def min_max(x: Tensor) -> tuple[Tensor, bool]:
     """Global min-max normalisation; a flat map becomes all zeros."""
     lo, hi = x.min(), x.max()
@@ -46,31 +68,33 @@ def min_max(x: Tensor) -> tuple[Tensor, bool]:
     return (x - lo) / (hi - lo), False
 
 
-def map_a(sim: Tensor, image_size: tuple[int, int], clip_size: int) -> Tensor:
-    """SPEC 2.3: the full-resolution (H, W) map."""
+def map_a(sim: Tensor, image_size: tuple[int, int], clip_size: int, geometry: str = "reference") -> Tensor:
+    """Map A: the full-resolution (H, W) map."""
     h, w = image_size
     side = math.isqrt(sim.shape[0])
     norm, _ = min_max(sim)
     grid = norm.reshape(1, 1, side, side)
     grid = F.interpolate(grid, (clip_size, clip_size), mode="bilinear", align_corners=False)
-    _, _, top, bottom, left, right = clip_resize_and_crop(h, w, clip_size)
+    top, bottom, left, right = pads(h, w, clip_size, geometry)
     grid = F.pad(grid, (left, right, top, bottom), value=0.0)
     return F.interpolate(grid, (h, w), mode="bilinear", align_corners=False)[0, 0]
 
 
-def map_b(sim: Tensor, image_size: tuple[int, int], down_sample: int) -> tuple[Tensor, bool]:
-    """SPEC 2.4: the coarse map padded with -1 to the image's aspect, and whether it is flat."""
+def map_b(
+    sim: Tensor, image_size: tuple[int, int], down_sample: int, geometry: str = "reference"
+) -> tuple[Tensor, bool]:
+    """Map B: the coarse map padded with -1 to the image's aspect, and whether it is flat."""
     h, w = image_size
     side = math.isqrt(sim.shape[0])
     cells = side // down_sample
     grid = F.interpolate(sim.reshape(1, 1, side, side), (cells, cells), mode="bilinear", align_corners=False)[0, 0]
     grid, flat = min_max(grid)
-    _, _, top, bottom, left, right = clip_resize_and_crop(h, w, cells)
+    top, bottom, left, right = pads(h, w, cells, geometry)
     return F.pad(grid, (left, right, top, bottom), mode="constant", value=-1.0), flat
 
 
 def dtoc(a: Tensor, points: Tensor) -> Tensor:
-    """SPEC 2.7: soft-argmax of exp(-d^2) * softmax(A) over every pixel, one point at a time."""
+    """DtoC: soft-argmax of exp(-d^2) * softmax(A) over every pixel, one point at a time."""
     h, w = a.shape
     probs = F.softmax(a.reshape(-1), dim=0)
     gx, gy = torch.meshgrid(torch.arange(w), torch.arange(h), indexing="xy")
@@ -92,27 +116,28 @@ def oracle_points(
     t_neg: float = 0.2,
     down_sample: int = 2,
     clip_size: int = 336,
+    geometry: str = "reference",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """SasP for one map.
 
     Arguments:
         sim: (N,) similarities (float32, or float64 for gradient checks).
         image_size: (H, W).
+        geometry: "reference" or "clip".
 
     Returns:
         refined (K, 2) (x, y), labels (K,) long, integer points (K, 2) long.
     """
     h, w = image_size
-    a = map_a(sim, image_size, clip_size)
-    b, flat = map_b(sim, image_size, down_sample)
+    a = map_a(sim, image_size, clip_size, geometry)
+    b, flat = map_b(sim, image_size, down_sample, geometry)
     hb, wb = b.shape
-    scale_h = float(h) / hb
-    scale_w = float(w) / wb
+    scale_h = float(h) / hb if hb > 0 else 1.0
+    scale_w = float(w) / wb if wb > 0 else 1.0
     b = b.reshape(-1)
+    k = min(num_points, (math.isqrt(sim.shape[0]) // down_sample) ** 2)
 
     if flat:
-        cells = (math.isqrt(sim.shape[0]) // down_sample) ** 2
-        k = min(num_points, cells)
         labels = torch.full((k,), -1, dtype=torch.long)
         points = torch.tensor([[w // 2, h // 2]] * k, dtype=torch.long)
         return dtoc(a, points), labels, points
@@ -136,7 +161,9 @@ def oracle_points(
             labels[i] = 1
         elif idx in neg:
             labels[i] = 0
-    points = torch.tensor(points, dtype=torch.long)
+    missing = k - len(points)  # fewer visible cells than points (tiny grids cropped by the reference geometry)
+    points = torch.tensor(points + [[w // 2, h // 2]] * missing, dtype=torch.long).view(k, 2)
+    labels = torch.cat([labels, torch.full((missing,), -1, dtype=torch.long)])
     return dtoc(a, points), labels, points
 
 
@@ -148,9 +175,11 @@ def oracle_select_points(
     t_neg: float = 0.2,
     down_sample: int = 2,
     clip_size: int = 336,
+    geometry: str = "reference",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The per-sample loop over a (B, N) batch; returns stacked (B, K, 2) coords, (B, K) labels, (B, K, 2) pixels."""
     outs = [
-        oracle_points(s, hw, num_points, t_pos, t_neg, down_sample, clip_size) for s, hw in zip(sim, image_sizes)
+        oracle_points(s, hw, num_points, t_pos, t_neg, down_sample, clip_size, geometry)
+        for s, hw in zip(sim, image_sizes)
     ]
     return tuple(torch.stack(parts) for parts in zip(*outs))

@@ -1,5 +1,5 @@
-"""Every config file parses; the recipes carry the reference hyper-parameters (SPEC 2.9, 5) and their launch
-command; every DeepSpeed JSON is fully filled from a training config."""
+"""Every config file parses; the recipes carry the reference hyper-parameters (docs/reference.md#hyper-parameters)
+and their launch command; every DeepSpeed JSON is fully filled from a training config."""
 
 from __future__ import annotations
 
@@ -62,8 +62,12 @@ def test_reference_hyper_parameters():
     assert (s.enabled, s.num_points, s.t_pos, s.t_neg, s.down_sample) == (True, 30, 0.8, 0.2, 2)
     assert (r7.lora.r, r7.lora.alpha, r7.lora.dropout, r7.lora.target_modules) == (8, 16, 0.05, ["q_proj", "v_proj"])
     assert (r7.train.lr, r7.train.batch_size, r7.train.grad_accumulation_steps) == (1e-4, 2, 10)
-    assert (r7.train.betas, r7.train.weight_decay, r7.train.warmup_steps, r7.train.grad_clip) == ([0.9, 0.95], 0.0,
-                                                                                                   100, 1.0)
+    assert (r7.train.betas, r7.train.weight_decay, r7.train.warmup_steps, r7.train.grad_clip) == (
+        [0.9, 0.95],
+        0.0,
+        100,
+        1.0,
+    )
     assert dict(zip(r7.data.datasets, r7.data.sample_rates)) == {
         "sem_seg": 10, "refer_seg": 1, "correct_refer_seg": 1, "vqa": 1, "neg_refer_seg": 1, "reason_seg": 10
     }  # fmt: skip
@@ -73,8 +77,12 @@ def test_reference_hyper_parameters():
 
     r13 = load_config(ROOT / "configs" / "read_13b_reasonseg.yaml")
     assert (r13.sasp.num_points, r13.sasp.t_pos, r13.sasp.t_neg, r13.sasp.down_sample) == (10, 0.8, 0.2, 1)
-    assert (r13.lora.r, r13.train.lr, r13.model.text.hidden_size, r13.model.text.num_hidden_layers) == (64, 3e-4,
-                                                                                                        5120, 40)
+    assert (r13.lora.r, r13.train.lr, r13.model.text.hidden_size, r13.model.text.num_hidden_layers) == (
+        64,
+        3e-4,
+        5120,
+        40,
+    )
     assert r13.data.sample_rates == [10, 10, 2, 3, 1, 1]
     stage2 = load_config(ROOT / "configs" / "read_13b_reasonseg.yaml",
                          ["train.lr=1e-4", "sasp.num_points=30", "data.sample_rates=3,10,2,3,1,10"])  # fmt: skip

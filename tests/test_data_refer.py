@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from fixtures import (
-    rect_mask,
     write_fprefcoco,
     write_grefcoco,
     write_refclef,
@@ -198,4 +197,3 @@ def test_fprefcoco_eval_generation_masks(root):
     assert tf.queries[1].masks.shape == (0, 32, 48)
     answers = {t.format(class_name="a flying cat", gt_name="corner block") for t in T.CORRECT_ANSWER}
     assert tf.queries[1].messages[1][1] in answers
-

@@ -180,36 +180,6 @@ def test_process_count_does_not_change_output(tmp_path):
         assert filecmp.cmp(pa[:-4] + ".json", pb[:-4] + ".json", shallow=False)
 
 
-def test_chance_scores_of_a_written_split(tmp_path):
-    from read.data.synthetic import chance_scores, generate_scene
-
-    # One object per scene: picking "a random object" is picking the target.
-    one = SyntheticConfig(image_size=64, num_objects=(1, 1), long_fraction=0.0)
-    make_synthetic(str(tmp_path / "one"), 0, 6, 0, seed=3, cfg=one)
-    scores = chance_scores(str(tmp_path / "one"), "val")
-    assert scores["num_images"] == 6
-    for name in ("random_object", "all_objects"):
-        assert scores["overall"][name]["giou"] == pytest.approx(1.0, abs=1e-6)
-        assert scores["overall"][name]["num_masks"] == 6
-    assert scores["long"]["random_object"]["num_masks"] == 0
-
-    # Two non-overlapping objects: the expected IoU of a random pick is 1/2 for every scene; the union of both
-    # scores |target| / (|a| + |b|), recomputed here from the redrawn objects.
-    two = SyntheticConfig(image_size=96, num_objects=(2, 2), long_fraction=0.5)
-    make_synthetic(str(tmp_path / "two"), 0, 8, 0, seed=5, cfg=two)
-    scores = chance_scores(str(tmp_path / "two"), "val")
-    assert scores["overall"]["random_object"]["giou"] == pytest.approx(0.5, abs=1e-5)
-    want = []
-    for i in range(8):
-        _, ann, objects = generate_scene(two, "val", i, 5)
-        target = objects[ann["synthetic"]["target"]].visible.sum()
-        want.append(target / sum(int(o.visible.sum()) for o in objects))
-    assert scores["overall"]["all_objects"]["giou"] == pytest.approx(float(np.mean(want)), abs=1e-5)
-    assert scores["short"]["random_object"]["num_masks"] + scores["long"]["random_object"]["num_masks"] == 8
-    with pytest.raises(FileNotFoundError, match="synthetic_config.json"):
-        chance_scores(str(tmp_path / "missing"), "val")
-
-
 def test_explanatory_file_names_each_training_target(tmp_path):
     make_synthetic(str(tmp_path), 10, 3, 0, seed=2)
     root = tmp_path / "reason_seg" / "ReasonSeg"
@@ -240,7 +210,7 @@ def test_false_premise_queries_name_absent_objects_and_do_not_change_the_scene()
     for i in range(12):
         image, ann = generate_item(CFG, "train", i, 4)
         present = {(o["color"], o["shape"]) for o in ann["synthetic"]["objects"]}
-        (query, is_sentence, answer), = ann["false_premise_QA"]
+        ((query, is_sentence, answer),) = ann["false_premise_QA"]
         colour, shape = query.split(" ")
         assert (colour, shape) not in present and (colour, shape) not in set(CFG.holdout)
         assert is_sentence is False and answer == f"There is no {colour} {shape} in this image."

@@ -8,6 +8,7 @@ import torch
 from segment_anything.utils.transforms import ResizeLongestSide
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
+from fixtures import random_image, write_jpeg
 from read.constants import SAM_PIXEL_MEAN, SAM_PIXEL_STD
 from read.data.transforms import (
     ImageLoadError,
@@ -17,7 +18,6 @@ from read.data.transforms import (
     sam_preprocess,
     sam_resized_size,
 )
-from fixtures import random_image, write_jpeg
 
 SIZES = [(480, 640), (333, 500), (500, 333), (37, 91), (64, 64)]
 

@@ -1,39 +1,42 @@
-"""The evaluation loop (read/evaluation.py) and eval.py on a tiny model and tiny datasets in the real on-disk formats.
+"""The evaluation package (read/evaluation/) and eval.py on a tiny model and tiny datasets in the real on-disk formats.
 
 What is checked: per-query counts and scores against a literal batch-1 loop with the reference metric; batch > 1
-(right and left padding) gives exactly the records and masks of batch 1; shards are disjoint, cover the split and
-merge (with duplicates dropped) to the single-process result; an interrupted run resumes without evaluating an image
-twice; generation mode's existence / empty-mask rules; the CLI's outputs and errors.
+(right and left padding) gives exactly the records and masks of batch 1; shards are disjoint and cover the split,
+and gathered records merge (duplicates dropped) to the single-process result; an interrupted run resumes without
+evaluating an image twice; generation mode's existence / empty-mask rules; the CLI's outputs and errors.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from fixtures import write_fprefcoco, write_refcoco
+from fixtures import rect_polygon, write_fprefcoco, write_refcoco
+from read.data.collate import ReadCollator
+from read.data.eval_sets import build_eval_dataset
+from read.data.sample import DataError, InvalidAnnotation
+from read.evaluation import (
+    EvalConfig,
+    QueryRecord,
+    complete_images,
+    evaluate,
+    rle_decode,
+    rle_encode,
+    shard,
+    summarize,
+)
 from test_eval_support import (
     emit_seg_for_some,
     reference_counts,
     reference_scores,
     tiny_eval_model,
     write_reason_seg_split,
-)
-from read.data.collate import ReadCollator
-from read.data.eval_sets import build_eval_dataset
-from read.evaluation import (
-    EvalConfig,
-    complete_images,
-    evaluate,
-    merge_records,
-    rle_decode,
-    rle_encode,
-    shard,
-    summarize,
 )
 
 N_IMAGES = 11
@@ -110,7 +113,7 @@ def test_teacher_records_match_a_literal_batch1_loop(model, tiny_tokenizer, teac
             logits = model(collator([sample])).pred_masks[0]
             assert logits.shape == (1, *gt.shape)
             counts.append(reference_counts((logits[0] > 0).numpy(), gt))
-    assert [(r["intersection"], r["union"]) for r in res.records] == counts
+    assert [(r.intersection, r.union) for r in res.records] == counts
     assert any(i > 0 for i, _ in counts)  # not a trivial all-empty prediction set
     giou, ciou = reference_scores(counts)
     assert res.scores["overall"]["giou"] == pytest.approx(giou, abs=1e-12)
@@ -140,8 +143,8 @@ def test_teacher_records_match_a_literal_batch1_loop(model, tiny_tokenizer, teac
 def test_pointing_records_match_a_literal_computation(sasp, tiny_tokenizer, teacher_set, tmp_path):
     """Every scored query records where its [SEG]'s map points: for READ with its own points, for LISA with the
     points SasP would place from the same map; the summary pools them."""
-    from read.pointing import peak_pixel
-    from read.sasp import select_points
+    from read.evaluation.pointing import peak_pixel
+    from read.model.sasp import select_points
 
     model = tiny_eval_model(tiny_tokenizer, f"sasp.enabled={str(sasp).lower()}")
     res = evaluate(model, tiny_tokenizer, teacher_set, EvalConfig(batch_size=3, output_dir=str(tmp_path)))
@@ -158,10 +161,8 @@ def test_pointing_records_match_a_literal_computation(sasp, tiny_tokenizer, teac
             gt = sample.queries[0].masks[0]
             out = model(collator([sample]))
             sim = out.similarity[0][0]
-            coords, labels = select_points(sim[None], [gt.shape], num_points=cfg.sasp.num_points, t_pos=cfg.sasp.t_pos,
-                                           t_neg=cfg.sasp.t_neg, down_sample=cfg.sasp.down_sample,
-                                           clip_size=cfg.model.vision.image_size)  # fmt: skip
-            x, y = peak_pixel(sim, gt.shape)
+            coords, labels = select_points(sim[None], [gt.shape], cfg.sasp, clip_size=cfg.model.vision.image_size)
+            x, y = peak_pixel(sim, gt.shape, cfg.sasp.geometry)
             p = rec["pointing"]
             assert p["peak"] == [x, y] and p["peak_in_target"] == (None if gt[y, x] == 255 else bool(gt[y, x] == 1))
             xy = coords[0][labels[0] == 1].round().long()
@@ -175,7 +176,7 @@ def test_pointing_records_match_a_literal_computation(sasp, tiny_tokenizer, teac
     summary = res.scores["pointing"]
     assert summary["num_queries"] == N_IMAGES and summary["peak_in_target"] == pytest.approx(np.mean(peaks))
     assert summary["pos_in_target"] == pytest.approx(pos_in / pos)
-    assert all(r["pointing"] is not None for r in res.records)
+    assert all(r.pointing is not None for r in res.records)
 
 
 @pytest.mark.parametrize("mode", ["teacher", "generate"])
@@ -220,16 +221,16 @@ def test_fp_refcoco_generation_see_and_segment(tiny_tokenizer, tmp_path):
     cfg = EvalConfig(mode="generate", conv_type="vicuna_v1", max_new_tokens=1, batch_size=2)
     res = evaluate(model, tiny_tokenizer, dataset, cfg)
     recs = res.records
-    assert [r["key"] for r in recs] == ["0/0", "0/1"] and [r["gt_exists"] for r in recs] == [True, False]
+    assert [r.key for r in recs] == ["0/0", "0/1"] and [r.gt_exists for r in recs] == [True, False]
     fp = recs[1]
-    assert fp["intersection"] == 0
+    assert fp.intersection == 0
     assert dataset[0].queries[1].masks.sum() == 0
-    assert fp["union"] == fp["pred_area"] and fp["gt_area"] == 0
-    assert [r["pred_exists"] for r in recs].count(True) <= 1  # one of the two rows emits [SEG]
-    see = np.mean([r["pred_exists"] == r["gt_exists"] for r in recs])
+    assert fp.union == fp.pred_area and fp.gt_area == 0
+    assert [r.pred_exists for r in recs].count(True) <= 1  # one of the two rows emits [SEG]
+    see = np.mean([r.pred_exists == r.gt_exists for r in recs])
     assert res.scores["see"] == pytest.approx(see)
-    total_i = sum(r["intersection"] for r in recs)
-    total_u = sum(r["union"] for r in recs)
+    total_i = sum(r.intersection for r in recs)
+    total_u = sum(r.union for r in recs)
     assert res.scores["overall"]["ciou"] == pytest.approx(total_i / (total_u + 1e-10))
 
 
@@ -247,18 +248,27 @@ def test_shard_is_a_disjoint_cover():
         shard(items, 3, 3)
 
 
-def test_shards_merge_to_the_single_process_result(model, tiny_tokenizer, teacher_set, teacher_bs1):
+def test_merged_records_drop_duplicate_keys_and_sort(teacher_bs1):
+    """Records gathered from several processes merge to one per key, in (image, query) order, whatever the order
+    they arrive in."""
+    from read.evaluation.output_dir import merge_records
+
     ref, _ = teacher_bs1
-    cfg = EvalConfig(batch_size=2)
-    parts = [evaluate(model, tiny_tokenizer, teacher_set, cfg, rank=r, world_size=2) for r in (0, 1)]
-    indices = [{r["index"] for r in p.records} for p in parts]
-    assert indices == [set(range(0, N_IMAGES, 2)), set(range(1, N_IMAGES, 2))]
-    assert [p.evaluated for p in parts] == [6, 5]
-    # DistributedSampler-style padding: rank 1 also scored image 0 (a duplicate key) -> dropped when merging
-    duplicate = dict(parts[0].records[0])
-    merged = merge_records([parts[0].records, parts[1].records + [duplicate]])
+    odd, even = ref.records[1::2], ref.records[0::2]
+    duplicate = dataclasses.replace(ref.records[0], details={"stale": True})
+    merged = merge_records([odd, even[::-1] + [duplicate]])
     assert merged == ref.records
     assert summarize(merged, "teacher") == ref.scores
+
+
+def test_record_json_round_trip(teacher_bs1):
+    ref, out = teacher_bs1
+    lines = read_jsonl(out / "predictions.jsonl")
+    records = [QueryRecord.from_json(line) for line in lines]
+    assert records == ref.records
+    assert [r.to_json() for r in records] == lines
+    assert records[0].details["image"] == lines[0]["image"] and "mask_rle" in records[0].details
+    assert ref.records[0].details == {}  # the records in memory carry no details
 
 
 def test_records_rle_roundtrip():
@@ -294,9 +304,9 @@ def test_interrupted_run_resumes_without_repeating_images(model, tiny_tokenizer,
             evaluate(model, tiny_tokenizer, teacher_set, cfg)
         part = tmp_path / "parts" / "rank000.jsonl"
         assert [r["index"] for r in read_jsonl(part)] == [0, 1, 2, 3]
-        assert complete_images(read_jsonl(part)) == {0, 1, 2, 3}
+        assert complete_images(QueryRecord.from_json(r) for r in read_jsonl(part)) == {0, 1, 2, 3}
         # a process killed mid-write leaves a torn line: that record is ignored and its image evaluated again
-        line = json.dumps(ref.records[4])
+        line = json.dumps(ref.records[4].to_json())
         with part.open("a") as f:
             f.write(line[: len(line) // 2])
 
@@ -321,13 +331,56 @@ def test_interrupted_run_resumes_without_repeating_images(model, tiny_tokenizer,
         handle.remove()
 
 
-def test_resume_refuses_other_settings(model, tiny_tokenizer, teacher_set, teacher_bs1):
-    _, out = teacher_bs1
-    cfg = EvalConfig(conv_type="vicuna_v1", output_dir=str(out))
-    with pytest.raises(ValueError, match=r"other settings \(conv_type: 'llava_v1' -> 'vicuna_v1'\)"):
-        evaluate(model, tiny_tokenizer, teacher_set, cfg)
-    with pytest.raises(ValueError, match=r"model: None -> 'other'"):
-        evaluate(model, tiny_tokenizer, teacher_set, EvalConfig(output_dir=str(out)), fingerprint={"model": "other"})
+def test_records_of_another_evaluation_are_not_resumed(model, tiny_tokenizer, teacher_set, teacher_bs1, tmp_path,
+                                                       caplog):  # fmt: skip
+    """Other settings or other weights: the run starts over (every image evaluated again, stale pictures
+    removed) and says why in one line."""
+    ref, ref_dir = teacher_bs1
+    out = tmp_path / "out"
+    shutil.copytree(ref_dir, out)
+    (out / "vis").mkdir()
+    (out / "vis" / "0_0.png").write_bytes(b"stale")
+    res = evaluate(model, tiny_tokenizer, teacher_set, EvalConfig(conv_type="vicuna_v1", output_dir=str(out)))
+    assert (res.resumed, res.evaluated) == (0, N_IMAGES)
+    assert res.restart_reason == "its records come from another evaluation (conv_type: 'llava_v1' -> 'vicuna_v1')"
+    assert f"{out}: {res.restart_reason}; starting over" in caplog.text
+    assert not (out / "vis" / "0_0.png").exists()
+    assert json.loads((out / "run.json").read_text())["conv_type"] == "vicuna_v1"
+
+    # the caller's part of the fingerprint (here the weights' digests) counts too; then the same again resumes
+    weights = {"weights": {"model/model.safetensors": "aaaa", "model/read_config.json": "bbbb"}}
+    res = evaluate(model, tiny_tokenizer, teacher_set, EvalConfig(output_dir=str(out)), fingerprint=weights)
+    assert res.restart_reason.endswith("(conv_type: 'vicuna_v1' -> 'llava_v1', weights not recorded)")
+    assert res.records == ref.records
+    weights["weights"]["model/model.safetensors"] = "cccc"
+    res = evaluate(model, tiny_tokenizer, teacher_set, EvalConfig(output_dir=str(out)), fingerprint=weights)
+    assert res.restart_reason == "its records come from another evaluation (weights changed (model/model.safetensors))"
+    assert (res.resumed, res.evaluated) == (0, N_IMAGES)
+    res = evaluate(model, tiny_tokenizer, teacher_set, EvalConfig(output_dir=str(out)), fingerprint=weights)
+    assert (res.resumed, res.evaluated, res.restart_reason) == (N_IMAGES, 0, None)
+    assert res.scores == ref.scores
+
+
+def test_changed_data_files_are_not_resumed(model, tiny_tokenizer, tmp_path):
+    """The fingerprint covers the content of the annotations and images, not their paths."""
+    data = tmp_path / "data"
+    write_reason_seg_split(data, "val", 3)
+    out = tmp_path / "out"
+    first = evaluate(model, tiny_tokenizer, build_eval_dataset(str(data), "ReasonSeg", "val"),
+                     EvalConfig(output_dir=str(out)))  # fmt: skip
+    assert first.evaluated == 3
+    again = evaluate(model, tiny_tokenizer, build_eval_dataset(str(data), "ReasonSeg", "val"),
+                     EvalConfig(output_dir=str(out)))  # fmt: skip
+    assert (again.resumed, again.restart_reason) == (3, None)
+    ann = data / "reason_seg/ReasonSeg/val/img01.json"
+    content = json.loads(ann.read_text())
+    content["shapes"][0]["points"] = rect_polygon(1, 1, 9, 9)
+    ann.write_text(json.dumps(content))
+    changed = evaluate(model, tiny_tokenizer, build_eval_dataset(str(data), "ReasonSeg", "val"),
+                       EvalConfig(output_dir=str(out)))  # fmt: skip
+    assert changed.restart_reason == "its records come from another evaluation (data changed)"
+    assert (changed.resumed, changed.evaluated) == (0, 3)
+    assert changed.records[1].gt_area == 81 != first.records[1].gt_area
 
 
 def test_image_with_torn_records_is_evaluated_again_and_the_new_records_win(tiny_tokenizer, tmp_path):
@@ -338,7 +391,7 @@ def test_image_with_torn_records_is_evaluated_again_and_the_new_records_win(tiny
     assert len(dataset) == 1 and len(dataset[0].queries) == 2
     model = tiny_eval_model(tiny_tokenizer)
     ref = evaluate(model, tiny_tokenizer, dataset, EvalConfig(output_dir=str(tmp_path / "ref")))
-    assert [r["key"] for r in ref.records] == ["0/0", "0/1"] and ref.scores["overall"]["num_masks"] == 2
+    assert [r.key for r in ref.records] == ["0/0", "0/1"] and ref.scores["overall"]["num_masks"] == 2
 
     out = tmp_path / "out"
     (out / "parts").mkdir(parents=True)
@@ -356,6 +409,63 @@ def test_image_with_torn_records_is_evaluated_again_and_the_new_records_win(tiny
     assert read_jsonl(out / "predictions.jsonl") == read_jsonl(tmp_path / "ref" / "predictions.jsonl")
 
 
-def test_hand_sharding_cannot_share_an_output_dir(model, tiny_tokenizer, teacher_set, tmp_path):
-    with pytest.raises(ValueError, match="cannot share an output_dir"):
-        evaluate(model, tiny_tokenizer, teacher_set, EvalConfig(output_dir=str(tmp_path)), rank=0, world_size=2)
+# ----------------------------------------------------------------------------------------------------------
+# ground truth and prompts the evaluation refuses
+
+
+class _EmptyTargetOf:
+    """A dataset wrapper whose image ``index`` has an all-zero target although its query refers to an object."""
+
+    def __init__(self, dataset, index: int) -> None:
+        self.dataset, self.index, self.name = dataset, index, dataset.name
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        sample = self.dataset[i]
+        if i == self.index:
+            sample.queries[0].masks = np.zeros_like(sample.queries[0].masks)
+        return sample
+
+
+@pytest.mark.parametrize("mode", ["teacher", "generate"])
+def test_empty_target_of_an_existing_object_stops_the_evaluation(mode, model, tiny_tokenizer, teacher_set,
+                                                                 generation_set):  # fmt: skip
+    """Scored, it would be IoU 1 for an empty prediction; the evaluation names the image instead."""
+    dataset = _EmptyTargetOf(teacher_set if mode == "teacher" else generation_set, 3)
+    message = r"img03\.jpg: the query 'What in this picture is like a cat on the mat\?' refers to an object, but its"
+    with pytest.raises(InvalidAnnotation, match=message + " ground-truth mask is empty"):
+        evaluate(model, tiny_tokenizer, dataset, EvalConfig(mode=mode, batch_size=2, max_new_tokens=1))
+
+
+def test_prompt_longer_than_the_context_is_refused(tiny_tokenizer, teacher_set):
+    """tiny_test.yaml has a 512-token context; a 64-token one cannot hold the 16 image tokens and the template."""
+    short = tiny_eval_model(tiny_tokenizer, "model.text.max_position_embeddings=64")
+    with pytest.raises(
+        DataError,
+        match=r"img00\.jpg: the prompt is \d+ tokens \(image tokens included\), longer than "
+        r"the model's context of 64",
+    ):
+        evaluate(short, tiny_tokenizer, teacher_set, EvalConfig(batch_size=2))
+
+
+@pytest.mark.parametrize("geometry", ["reference", "clip"])
+def test_vis_heat_map_uses_the_models_geometry(geometry, model, tiny_tokenizer, teacher_set, tmp_path, monkeypatch):
+    """The pictures of ``--vis`` undo the CLIP crop the way the model's SasP placed its points."""
+    import dataclasses
+
+    import read.viz
+
+    seen: list[str] = []
+    real = read.viz.similarity_heatmap
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["geometry"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(read.viz, "similarity_heatmap", spy)
+    monkeypatch.setattr(model.config, "sasp", dataclasses.replace(model.config.sasp, geometry=geometry))
+    evaluate(model, tiny_tokenizer, teacher_set, EvalConfig(batch_size=4, vis=3, output_dir=str(tmp_path)))
+    assert len(list((tmp_path / "vis").glob("*.png"))) >= 3
+    assert seen and set(seen) == {geometry}

@@ -18,10 +18,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from test_eval_support import tiny_eval_model, write_reason_seg_split
 from read.data.eval_sets import build_eval_dataset
 from read.evaluation import EvalConfig, evaluate
 from read.model import save_pretrained
+from test_eval_support import tiny_eval_model, write_reason_seg_split
 
 ROOT = Path(__file__).resolve().parents[1]
 N_IMAGES = 9
@@ -52,7 +52,8 @@ def _worker(rank: int, store: str, queue, model, tokenizer, dataset, cfg: EvalCo
         torch.set_num_threads(1)
         dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
         seen: list[int] = []
-        model.register_forward_pre_hook(lambda m, args: seen.extend(r["_index"] for r in args[0].meta))
+        index_of = {dataset[i].image_path: i for i in range(len(dataset))}
+        model.register_forward_pre_hook(lambda m, args: seen.extend(index_of[r["image_path"]] for r in args[0].meta))
         res = evaluate(model, tokenizer, dataset, cfg)
         queue.put((rank, res.scores, res.records, res.evaluated, res.resumed, seen))
         dist.destroy_process_group()
@@ -124,7 +125,10 @@ def test_torchrun_eval_cli_matches_one_process(setup, tiny_tokenizer, tmp_path):
     )  # fmt: skip
     subprocess.run(
         [sys.executable, str(ROOT / "eval.py"), *common, "--output_dir", str(tmp_path / "one")],
-        check=True, env=env, cwd=ROOT, timeout=600,
+        check=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
     )
     two = json.loads((tmp_path / "two" / "results.json").read_text())
     one = json.loads((tmp_path / "one" / "results.json").read_text())

@@ -99,3 +99,28 @@ def test_bad_inputs_raise_clear_errors(tiny_tokenizer, image, tmp_path):
         predictor.predict("look at <image> here")
     with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
         predictor.set_image(np.zeros((4, 4), dtype=np.uint8))
+
+
+def test_predictor_keeps_encodings_of_recent_images_and_measures_prompts(tiny_tokenizer, image):
+    model = _model(tiny_tokenizer)
+    with pytest.raises(ValueError, match="cache_images must be >= 1"):
+        ReadPredictor(model, tiny_tokenizer, cache_images=0)
+    predictor = ReadPredictor(model, tiny_tokenizer, max_new_tokens=2, cache_images=2)
+    other = np.ascontiguousarray(image[::-1])
+    calls = []
+    encode = model.encode_sam_images
+    model.encode_sam_images = lambda *a, **k: calls.append(1) or encode(*a, **k)
+    try:
+        for array in (image, other, image.copy(), other, image):
+            predictor.set_image(array)
+    finally:
+        model.encode_sam_images = encode
+    assert len(calls) == 2
+    np.testing.assert_array_equal(predictor.image, image)
+    n = model.config.model.vision.num_patches
+    short, longer = predictor.prompt_length("the dog"), predictor.prompt_length("the dog on the left of the cat")
+    assert longer > short > n
+    assert short == predictor._batch("the dog").input_ids.shape[1]
+    predictor.reset_image()
+    with pytest.raises(RuntimeError, match="no image"):
+        predictor.prompt_length("the dog")

@@ -93,8 +93,10 @@ def test_make_report_end_to_end(tmp_path, capsys):
     path = report.main(argv)
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[-1] == str(path)
-    assert "read: map peak inside the target 50.0 %, positive points inside 75.0 %, negative points outside " \
+    assert (
+        "read: map peak inside the target 50.0 %, positive points inside 75.0 %, negative points outside "
         "100.0 % (2 queries)" in printed
+    )
     metrics = json.loads(path.read_text())
     assert metrics["runs"]["read"]["pointing"] == POINTING
     assert metrics["runs"]["read"]["overall"] == {"giou": 0.61, "ciou": 0.51, "num_masks": 2}
@@ -102,7 +104,11 @@ def test_make_report_end_to_end(tmp_path, capsys):
     assert metrics["runs"]["read"]["train_steps"] == 30
     assert metrics["runs"]["read"]["final_train_losses"]["train/bce_loss"] == 0.5
     assert metrics["timing_s"] == {"setup": 1.0, "train_read": 2.5}
-    assert metrics["files"] == {"metrics": "metrics.json", "loss_curve": "loss_curve.png", "predictions": "predictions.png"}
+    assert metrics["files"] == {
+        "metrics": "metrics.json",
+        "loss_curve": "loss_curve.png",
+        "predictions": "predictions.png",
+    }
     curve = cv2.imread(str(tmp_path / "report" / "loss_curve.png"))
     assert curve is not None and curve.shape[0] > 100
     grid = cv2.imread(str(tmp_path / "report" / "predictions.png"))
@@ -141,3 +147,33 @@ def test_report_adds_validation_curve_and_query_blind_scores(tmp_path, capsys):
     with pytest.raises(SystemExit, match="synthetic_config.json"):
         report.main(["--out", str(tmp_path / "r2"), "--dataset_dir", str(tmp_path / "none"), "--run", name,
                      train_dir, eval_dir])  # fmt: skip
+
+
+def test_chance_scores_of_a_written_split(tmp_path):
+    from read.data.synthetic import SyntheticConfig, generate_scene, make_synthetic
+
+    # One object per scene: picking "a random object" is picking the target.
+    one = SyntheticConfig(image_size=64, num_objects=(1, 1), long_fraction=0.0)
+    make_synthetic(str(tmp_path / "one"), 0, 6, 0, seed=3, cfg=one)
+    scores = report.chance_scores(str(tmp_path / "one"), "val")
+    assert scores["num_images"] == 6
+    for name in ("random_object", "all_objects"):
+        assert scores["overall"][name]["giou"] == pytest.approx(1.0, abs=1e-6)
+        assert scores["overall"][name]["num_masks"] == 6
+    assert scores["long"]["random_object"]["num_masks"] == 0
+
+    # Two non-overlapping objects: the expected IoU of a random pick is 1/2 for every scene; the union of both
+    # scores |target| / (|a| + |b|), recomputed here from the redrawn objects.
+    two = SyntheticConfig(image_size=96, num_objects=(2, 2), long_fraction=0.5)
+    make_synthetic(str(tmp_path / "two"), 0, 8, 0, seed=5, cfg=two)
+    scores = report.chance_scores(str(tmp_path / "two"), "val")
+    assert scores["overall"]["random_object"]["giou"] == pytest.approx(0.5, abs=1e-5)
+    want = []
+    for i in range(8):
+        _, ann, objects = generate_scene(two, "val", i, 5)
+        target = objects[ann["synthetic"]["target"]].visible.sum()
+        want.append(target / sum(int(o.visible.sum()) for o in objects))
+    assert scores["overall"]["all_objects"]["giou"] == pytest.approx(float(np.mean(want)), abs=1e-5)
+    assert scores["short"]["random_object"]["num_masks"] + scores["long"]["random_object"]["num_masks"] == 8
+    with pytest.raises(FileNotFoundError, match="synthetic_config.json"):
+        report.chance_scores(str(tmp_path / "missing"), "val")

@@ -1,4 +1,4 @@
-"""read.metrics on hand-computed 4x4 masks, against a literal histc version of the reference, and merging."""
+"""read.evaluation.metrics on hand-computed 4x4 masks, against a literal histc version of the reference, and merging."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from read.metrics import (
+from read.evaluation.metrics import (
     SegmentationMeter,
     all_gather_meter,
     existence_accuracy,

@@ -172,7 +172,9 @@ def test_gradients_reach_exactly_the_trainable_parts(sasp):
     assert lm_head[SEG].abs().sum() > 0  # the new token's output row learns to emit [SEG]
     assert emb[SEG].abs().sum() > 0  # and its input row is used by the following positions
     for n, p in model.named_parameters():
-        if n.startswith(("llava.model.vision_tower", "llava.model.multi_modal_projector", "sam.image_encoder", "sam.prompt_encoder")):
+        if n.startswith(
+            ("llava.model.vision_tower", "llava.model.multi_modal_projector", "sam.image_encoder", "sam.prompt_encoder")
+        ):
             assert p.grad is None, n
 
 

@@ -1,4 +1,4 @@
-"""read.pointing: where the similarity map points, on hand-made maps and masks with known answers."""
+"""read.evaluation.pointing: where the similarity map points, on hand-made maps and masks with known answers."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from read.config import SaspConfig
-from read.pointing import peak_pixel, pointing_record, query_pointing, summarize_pointing, would_be_points
-from read.sasp import select_points
+from read.evaluation.pointing import peak_pixel, pointing_record, query_pointing, summarize_pointing, would_be_points
+from read.model.sasp import select_points
 
 
 def one_hot_map(side: int, row: int, col: int, low: float = 0.0, high: float = 5.0) -> torch.Tensor:
@@ -46,8 +46,8 @@ def test_peak_pixel_is_where_sasp_puts_its_first_positive_point(size):
     g = torch.Generator().manual_seed(sum(size))
     for _ in range(5):
         sim = torch.randn(64, generator=g)
-        coords, labels = select_points(sim[None], [size], num_points=3, t_pos=0.9, t_neg=0.1, down_sample=1,
-                                       clip_size=32, dtoc=False)  # fmt: skip
+        cfg = SaspConfig(num_points=3, t_pos=0.9, t_neg=0.1, down_sample=1, dtoc=False)
+        coords, labels = select_points(sim[None], [size], cfg, clip_size=32)
         assert int(labels[0, 0]) == 1
         assert peak_pixel(sim, size) == tuple(int(v) for v in coords[0, 0].tolist())
 
@@ -79,9 +79,30 @@ def test_points_are_tested_at_the_nearest_pixel_clamped_to_the_image():
 
 def test_summarize_pointing_pools_queries():
     records = [
-        {"peak_in_target": True, "peak": [0, 0], "pos_points": 2, "pos_in_target": 2, "neg_points": 4, "neg_outside": 4},
-        {"peak_in_target": False, "peak": [0, 0], "pos_points": 3, "pos_in_target": 0, "neg_points": 0, "neg_outside": 0},
-        {"peak_in_target": None, "peak": [0, 0], "pos_points": 0, "pos_in_target": 0, "neg_points": 1, "neg_outside": 0},
+        {
+            "peak_in_target": True,
+            "peak": [0, 0],
+            "pos_points": 2,
+            "pos_in_target": 2,
+            "neg_points": 4,
+            "neg_outside": 4,
+        },
+        {
+            "peak_in_target": False,
+            "peak": [0, 0],
+            "pos_points": 3,
+            "pos_in_target": 0,
+            "neg_points": 0,
+            "neg_outside": 0,
+        },
+        {
+            "peak_in_target": None,
+            "peak": [0, 0],
+            "pos_points": 0,
+            "pos_in_target": 0,
+            "neg_points": 1,
+            "neg_outside": 0,
+        },
         None,
     ]
     s = summarize_pointing(records)

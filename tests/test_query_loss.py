@@ -15,10 +15,11 @@ from read.config import validate
 from read.constants import IGNORE_INDEX
 from read.data.collate import ReadCollator
 from read.data.sample import Query, Sample, empty_masks, single_turn
-from read.losses import query_word_loss
-from read.memory import count_parameters, group_of, measured_parameter_counts
+from read.model.losses import query_word_loss
 from read.model.read_model import seg_prompt_mask
+from read.model.trainable import group_of
 from read.tokenizer import ReadTokenizer
+from read.tools.memory import count_parameters, measured_parameter_counts
 from tests.model_utils import ROOT, SEG, VOCAB, make_batch, tiny_config, tiny_model
 
 TOKENIZER = ROOT / "tests" / "assets" / "tiny_tokenizer"

@@ -149,7 +149,10 @@ def test_config_translation_7b():
     assert (t.num_attention_heads, t.num_key_value_heads, t.max_position_embeddings) == (32, 32, 4096)
     assert (t.rms_norm_eps, t.rope_theta) == (1e-5, 10000.0)
     assert (cfg.model.out_dim, cfg.model.projector_type, cfg.model.dtype, cfg.model.init) == (
-        256, "mlp2x_gelu", "bfloat16", "released"
+        256,
+        "mlp2x_gelu",
+        "bfloat16",
+        "released",
     )
     assert cfg.sasp == SaspConfig()  # READ: the 7B SasP settings
     for family in ("sesame", "lisa"):
@@ -184,7 +187,7 @@ def test_config_translation_errors(edit, match):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_full_size_key_sets_match_the_model(family):
-    """The 7B original layout (SPEC 8.2, shapes only) maps onto a 7B ReadModel with nothing missing or extra."""
+    """The 7B original layout (shapes only) maps onto a 7B ReadModel with nothing missing or extra."""
     s = sizes_7b(family)
     original = original_state_dict(family, s, device="meta")
     mapped, sources, unmapped = map_released_state_dict(original)
@@ -198,7 +201,10 @@ def test_full_size_key_sets_match_the_model(family):
     vision = VisionConfig(image_size=s.clip_image, patch_size=14)
     sam_state = {k[4:]: v for k, v in mapped.items() if k.startswith("sam.")}
     cfg = released_read_config(
-        hf_config_dict(family, s), vision, infer_sam_config(sam_state), "linear" if family == "lisa" else "mlp2x_gelu",
+        hf_config_dict(family, s),
+        vision,
+        infer_sam_config(sam_state),
+        "linear" if family == "lisa" else "mlp2x_gelu",
         sasp=SaspConfig(enabled=False),
     )
     with torch.device("meta"):

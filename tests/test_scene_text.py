@@ -49,7 +49,11 @@ def test_questions_have_the_right_answers():
     assert [a for _, a in q["where"]] == ["The red circle is at the top left.", "The orange square is in the centre.",
                                           "The blue circle is at the bottom right."]  # fmt: skip
     assert sorted(a for _, a in q["what_at"]) == ["A blue circle.", "A red circle.", "An orange square."]
-    assert [a for _, a in q["count"]] == ["There are three shapes.", "There is one red shape.", "There are two circles."]
+    assert [a for _, a in q["count"]] == [
+        "There are three shapes.",
+        "There is one red shape.",
+        "There are two circles.",
+    ]
     assert q["exists"] == [("Is there a blue circle in the image?", "Yes, at the bottom right."),
                            ("Is there a blue square in the image?", "No, there is no blue square.")]  # fmt: skip
     # reasoning sentences are answered with the target's colour, shape and place

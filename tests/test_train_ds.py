@@ -5,9 +5,13 @@ and non-finite steps leave the optimizer untouched."""
 from __future__ import annotations
 
 import copy
+import errno
 import importlib.util
 import json
 import os
+import pickle
+import re
+import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -16,21 +20,27 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from fixtures import write_bad_reason_seg_items
 from model_utils import SEG, TINY_CONFIG, make_batch, tiny_config, tiny_model
+from read.cli import run_main
 from read.config import load_config
 from read.data.synthetic import SyntheticConfig, make_synthetic
+from read.distributed import DistInfo, setup_distributed
+from read.errors import UnsafeFileError
 from read.model import from_pretrained
+from read.model.sasp import NonFiniteActivation
 from read.model.trainable import prepare_for_training
 from read.training.checkpoint import CheckpointManager
-from read.training.engine import DistInfo, create_engine, setup_distributed
+from read.training.engine import create_engine
 from read.training.export import consolidated_state_dict, export_checkpoint
 from read.training.loop import (
-    NonFiniteActivation,
     NonFiniteLossError,
     TrainState,
     install_nonfinite_guard,
     train_step,
 )
+from read.training.resume import ResumeConfigError
+from read.training.safe_checkpoint import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT / "tests" / "assets" / "tiny_tokenizer"
@@ -82,7 +92,7 @@ def step_rows(run_dir: Path) -> dict[int, dict]:
 
 
 def reference_lr(step: int, lr: float, warmup: int, total: int) -> float:
-    """SPEC 5 / DeepSpeed WarmupDecayLR as used by the reference: the lr of optimizer step ``step`` (1-based).
+    """DeepSpeed WarmupDecayLR as used by the reference: the lr of optimizer step ``step`` (1-based).
     The scheduler starts at iteration -1 (lr = warmup_min_lr = 0) and is advanced after each step."""
     i = step - 2
     w = max(2, warmup)
@@ -109,7 +119,11 @@ def ds_world():
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    return make_data(tmp_path_factory.mktemp("synthetic"))
+    """The synthetic set plus unusable training files (a 2-point polygon, a truncated JPEG, an annotation without its
+    image): training skips them, counted."""
+    root = make_data(tmp_path_factory.mktemp("synthetic"))
+    write_bad_reason_seg_items(root, "train", size=(48, 48))
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +162,18 @@ def test_trains_logs_and_checkpoints(run_a):
     assert kept == sorted({manager.latest().name, manager.best().name})  # older ones were pruned
     assert json.loads((out / "config.json").read_text())["train"]["steps_per_epoch"] == 2
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    # bad samples skipped while drawing each epoch's data: counted per step and per epoch, shown in the summary line
+    expected = []
+    for epoch in (0, 1):
+        run.train_set.set_epoch(epoch)
+        expected.append(sum(run.train_set[i].skipped for i in range(len(run.train_set))))
+    assert sum(expected) > 0
+    assert [e["skipped_samples"] for e in epochs] == expected
+    assert sum(row["skipped_samples"] for row in rows.values()) == sum(expected) == state.skipped_samples
+    assert [f"skipped steps 0, bad samples {n} |" in h["summary"] for h, n in zip(state.history, expected)] == [
+        True,
+        True,
+    ]
 
 
 class _Crash(Exception):
@@ -191,6 +217,48 @@ def test_resume_after_crash_matches_uninterrupted_run(run_a, data_dir, tmp_path,
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_resume_with_a_changed_config_is_refused_unless_accepted(run_a, data_dir, tmp_path):
+    """``--resume auto train.lr=5e-2 train.batch_size=2`` is refused with the diff and nothing is written; a change
+    that does not alter the computation goes through; --accept_config_changes lets the others through too. Every
+    change let through is recorded in config_changes.jsonl."""
+    _, _, out_a = run_a
+    out = tmp_path / "run"
+    shutil.copytree(out_a, out)
+    train_ds = load_train_ds()
+    base = train_overrides(data_dir, out, "lora.dropout=0.1", "train.save_every=1")
+    changed = load_config(TINY_CONFIG, base + ["train.lr=5e-2", "train.batch_size=2"])
+    config_before = (out / "config.json").read_text()
+    with pytest.raises(ResumeConfigError) as caught:
+        train_ds.setup(changed, resume="auto")
+    message = str(caught.value)
+    assert message.startswith(f"{out / 'checkpoints' / 'step_00000004'} was written with another config")
+    assert "would not continue that run: train.batch_size: 1 -> 2; train.lr: 0.001 -> 0.05. " in message
+    assert "--accept_config_changes" in message
+    assert (out / "config.json").read_text() == config_before and not (out / "config_changes.jsonl").exists()
+
+    def recorded() -> list[dict]:
+        return [json.loads(line) for line in (out / "config_changes.jsonl").read_text().splitlines()]
+
+    train_ds.setup(load_config(TINY_CONFIG, base + ["train.log_every=2"]), resume="auto")
+    (row,) = recorded()
+    assert (row["step"], row["accepted"]) == (4, False)
+    assert row["changes"] == [
+        {"key": "train.log_every", "old": 1, "new": 2, "breaks_exact_resume": False},
+        {"key": "train.output_dir", "old": str(out_a), "new": str(out), "breaks_exact_resume": False},
+    ]
+
+    run = train_ds.setup(changed, resume="auto", accept_config_changes=True)
+    assert run.state.global_step == 4 and run.cfg.train.lr == 5e-2
+    row = recorded()[-1]
+    assert row["accepted"] is True
+    assert [(c["key"], c["old"], c["new"], c["breaks_exact_resume"]) for c in row["changes"]] == [
+        ("train.batch_size", 1, 2, True),
+        ("train.lr", 1e-3, 5e-2, True),
+        ("train.output_dir", str(out_a), str(out), False),
+    ]
+    assert json.loads((out / "config.json").read_text())["train"]["lr"] == 5e-2  # the config in effect
+
+
 def test_export_equals_training_model(run_a, tmp_path):
     run, _, out = run_a
     target = export_checkpoint(out, tmp_path / "model", checkpoint="latest")
@@ -213,6 +281,149 @@ def test_export_equals_training_model(run_a, tmp_path):
     # LoRA changed the model: merging it in is not a no-op
     lora_b = [p for n, p in live.named_parameters() if "lora_B" in n]
     assert lora_b and any(p.abs().max() > 0 for p in lora_b)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# checkpoint safety and one-line errors
+
+MODEL_STATES = "mp_rank_00_model_states.pt"
+OPTIM_STATES = "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+
+
+class Payload:
+    """Unpickling this runs ``touch <marker>``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def load_export_script():
+    spec = importlib.util.spec_from_file_location("export_model", ROOT / "scripts" / "export_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def planted_copy(run_dir: Path, dest: Path, file: str, marker: Path, raw: bool = False) -> Path:
+    """A copy of a run directory whose latest checkpoint has ``ds/<file>`` replaced by a payload: the real content
+    plus an object that runs a command when unpickled (a ``torch.save`` archive), or a bare pickle of it."""
+    shutil.copytree(run_dir, dest)
+    target = CheckpointManager(dest).latest() / "ds" / file
+    if raw:
+        target.write_bytes(pickle.dumps(Payload(marker)))
+    else:
+        state = load_file(target)
+        state["client_note"] = Payload(marker)
+        torch.save(state, target)
+    return target
+
+
+def one_error_line(capsys, after_progress: bool = False) -> str:
+    """The one ``error:`` line on stderr (after the progress bar's lines if ``after_progress``); no traceback."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    if after_progress:
+        lines = [line for line in lines if line.strip() and "%|" not in line]  # tqdm redraws
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+REFUSAL = "refusing to load this checkpoint file: its pickle names 'posix.system'; a DeepSpeed checkpoint holds only"
+
+
+@pytest.mark.parametrize("file, raw", [(MODEL_STATES, False), (OPTIM_STATES, False), (MODEL_STATES, True)])
+def test_export_refuses_a_planted_payload(run_a, tmp_path, capsys, file, raw):
+    _, _, out = run_a
+    marker = tmp_path / "payload_ran"
+    planted = planted_copy(out, tmp_path / "run", file, marker, raw=raw)
+    target = tmp_path / "model"
+    code = run_main(load_export_script().main, ["--run", str(tmp_path / "run"), "--checkpoint", "latest",
+                                                "--out", str(target)])  # fmt: skip
+    line = one_error_line(capsys)
+    assert code == 1
+    if raw:
+        assert line.startswith(f"error: {planted}: refusing to load this checkpoint file: it is not a zip archive")
+    else:
+        assert line.startswith(f"error: {planted}: {REFUSAL}")
+    assert not marker.exists() and not target.exists()
+
+
+@pytest.mark.parametrize("file", [MODEL_STATES, OPTIM_STATES])
+def test_resume_refuses_a_planted_payload(run_a, data_dir, tmp_path, capsys, file):
+    _, _, out = run_a
+    marker = tmp_path / "payload_ran"
+    planted = planted_copy(out, tmp_path / "run", file, marker)
+    config_before = (tmp_path / "run" / "config.json").read_bytes()
+    argv = ["--config", str(TINY_CONFIG), *train_overrides(data_dir, tmp_path / "run", "lora.dropout=0.1"),
+            "--resume", "auto"]  # fmt: skip
+    assert run_main(load_train_ds().main, argv) == 1
+    assert one_error_line(capsys).startswith(f"error: {planted}: {REFUSAL}")
+    assert not marker.exists()
+    assert (tmp_path / "run" / "config.json").read_bytes() == config_before  # nothing was written
+
+
+@pytest.mark.parametrize("file", [MODEL_STATES, OPTIM_STATES])
+def test_deepspeed_reads_checkpoints_weights_only(run_a, tmp_path, file):
+    """The second layer, without the scan: DeepSpeed's own loads (engine.load_checkpoint through its checkpoint
+    engine, and zero_to_fp32) refuse the payload too. Loads the same step-4 state into run_a's engine, so its
+    weights do not change."""
+    run, _, out = run_a
+    marker = tmp_path / "payload_ran"
+    planted = planted_copy(out, tmp_path / "run", file, marker)
+    ckpt = planted.parent.parent
+    with pytest.raises(UnsafeFileError, match=re.escape(f"{planted}: {REFUSAL}")):
+        consolidated_state_dict(ckpt, exclude_frozen=False)
+    with pytest.raises(UnsafeFileError, match=re.escape(f"{planted}: {REFUSAL}")):
+        load_train_ds().load_checkpoint(run.engine, ckpt, 0)
+    assert not marker.exists()
+    assert torch.load is load_file.__globals__["_torch_load"]  # the swap is undone
+
+
+def test_errors_in_setup_leave_no_run_directory(ds_world, data_dir, tmp_path, capsys):
+    """Config, DeepSpeed JSON and data problems are found before anything is written to train.output_dir."""
+    train_ds = load_train_ds()
+    out = tmp_path / "run"
+    cases = {
+        "data.num_workers=-1": "data.num_workers must be >= 0 (0 loads data in the training process), got -1",
+        f"data.dataset_dir={tmp_path / 'nodata'}": f"reason_seg: no *.jpg images in {tmp_path / 'nodata'}",
+        "train.grad_clip=2.0": "contradicts the training config (2.0)",
+    }
+    ds_json = json.loads((ROOT / "configs" / "deepspeed" / "zero2.json").read_text())
+    ds_json["gradient_clipping"] = 1.0
+    (tmp_path / "ds.json").write_text(json.dumps(ds_json))
+    for override, message in cases.items():
+        extra = (f"train.deepspeed_config={tmp_path / 'ds.json'}", override)
+        argv = ["--config", str(TINY_CONFIG), *train_overrides(data_dir, out, *extra)]
+        assert run_main(train_ds.main, argv) == 1, override
+        assert message in one_error_line(capsys)
+        assert not out.exists()
+
+
+def test_full_disk_during_a_checkpoint_save(ds_world, data_dir, tmp_path, monkeypatch, capsys):
+    """The second epoch's save fails with ENOSPC: one line naming the directory, exit 1, the first checkpoint kept."""
+    train_ds = load_train_ds()
+    out = tmp_path / "run"
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if "step_00000002" in str(f):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    argv = ["--config", str(TINY_CONFIG), *train_overrides(data_dir, out, "train.steps_per_epoch=1",
+                                                              "train.eval_every_epoch=false")]  # fmt: skip
+    assert run_main(train_ds.main, argv) == 1
+    first = out / "checkpoints" / "step_00000001"
+    assert one_error_line(capsys, after_progress=True).startswith(
+        f"error: no space left on device while writing checkpoint step_00000002 into {out / 'checkpoints'} ("
+    )
+    assert CheckpointManager(out).latest() == first
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", "step_00000001"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -277,7 +488,12 @@ def _same_tree(a, b) -> bool:
     return repr(a) == repr(b)  # e.g. DeepSpeed's loss-scaler object
 
 
-@pytest.mark.parametrize("zero", ["zero2", pytest.param("zero3", marks=pytest.mark.slow)])
+ZERO3_BACKWARD = pytest.mark.xfail(
+    strict=True, raises=RuntimeError, reason="ZeRO-3: the first backward pass fails inside SAM's mask decoder (README)"
+)
+
+
+@pytest.mark.parametrize("zero", ["zero2", pytest.param("zero3", marks=[pytest.mark.slow, ZERO3_BACKWARD])])
 def test_nonfinite_step_is_skipped_without_touching_optimizer_state(ds_world, zero):
     """NaN images give a NaN loss (SasP off: the LISA path runs through to the loss)."""
     good = _batches(5)

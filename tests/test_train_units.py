@@ -3,9 +3,11 @@ counts, atomic checkpoints (simulated crashes), RNG state, the loop state."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +15,15 @@ import pytest
 import torch
 
 from read.config import load_config
+from read.errors import DiskFullError
 from read.training import checkpoint as ckpt_mod
-from read.training.checkpoint import CheckpointManager, load_rng_state, resolve_checkpoint, save_rng_state
+from read.training.checkpoint import (
+    CheckpointManager,
+    CheckpointMeta,
+    load_rng_state,
+    resolve_checkpoint,
+    save_rng_state,
+)
 from read.training.engine import build_deepspeed_config, resolve_precision
 from read.training.loop import TrainState, epoch_sampler
 
@@ -126,9 +135,14 @@ def _writer(payload: str, fail_after_partial: bool = False):
     return write
 
 
+def _meta(payload: str) -> CheckpointMeta:
+    return CheckpointMeta(config={"payload": payload}, vocab_size=8, seg_token_id=5, image_token_id=7,
+                          tokenizer_path="tok", exclude_frozen=True, precision="fp32", world_size=1)  # fmt: skip
+
+
 def _save(manager: CheckpointManager, step: int, payload: str, is_best: bool = False, **kw) -> Path:
     state = TrainState(global_step=step).to_dict()
-    return manager.save(step, _writer(payload, **kw), state=state, meta={"payload": payload}, is_best=is_best)
+    return manager.save(step, _writer(payload, **kw), state=state, meta=_meta(payload), is_best=is_best)
 
 
 def _payload(path: Path) -> str:
@@ -143,7 +157,8 @@ def test_checkpoint_save_commits_atomically_and_prunes(tmp_path):
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_00000010"
     assert m.latest() == m.best() == first
     assert json.loads((first / "train_state.json").read_text())["global_step"] == 10
-    assert json.loads((first / "model_meta.json").read_text()) == {"payload": "a"}
+    assert json.loads((first / "model_meta.json").read_text()) == _meta("a").to_json()
+    assert CheckpointMeta.read(first) == _meta("a")
     assert (first / "rng" / "rank_00000.pt").is_file()
     assert not any(p.name.startswith(".tmp-") for p in (tmp_path / "checkpoints").iterdir())
     _save(m, 20, "b")
@@ -197,6 +212,53 @@ def test_a_crash_during_save_leaves_the_previous_checkpoint_intact(tmp_path, mon
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
         "best", "latest", "step_00000010", "step_00000050"
     ]  # fmt: skip
+
+
+def _failing_writer(error: BaseException):
+    def write(directory: Path) -> None:
+        (directory / "ds").mkdir()
+        (directory / "ds" / "weights.bin").write_text("partial")
+        raise error
+
+    return write
+
+
+def test_full_disk_during_save_says_so_and_keeps_the_previous_checkpoint(tmp_path):
+    m = CheckpointManager(tmp_path)
+    good = _save(m, 10, "good", is_best=True)
+    state = TrainState(global_step=20).to_dict()
+    with pytest.raises(DiskFullError) as err:
+        m.save(20, _failing_writer(OSError(errno.ENOSPC, "No space left on device")), state=state, meta=_meta(""),
+               is_best=True)  # fmt: skip
+    message = str(err.value)
+    assert message.startswith(
+        f"no space left on device while writing checkpoint step_00000020 into {tmp_path / 'checkpoints'} ("
+    )
+    assert message.endswith(
+        f" MiB free); the previous checkpoint {good} is kept: free some space, then continue with --resume auto"
+    )
+    assert isinstance(err.value.__cause__, OSError) and err.value.__cause__.errno == errno.ENOSPC
+    # the partial save is gone (its space is given back), the previous checkpoint and both pointers are intact
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best", "latest", "step_00000010"]
+    assert m.latest() == m.best() == good and _payload(good) == "good"
+
+
+def test_a_torch_save_failure_on_a_full_disk_is_a_full_disk(tmp_path, monkeypatch):
+    """torch.save loses the errno ("unexpected pos ..."): with (almost) no free space left it is a full disk; with
+    space left it stays the error it is."""
+    m = CheckpointManager(tmp_path)
+    good = _save(m, 10, "good")
+    torch_error = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+    state = TrainState(global_step=20).to_dict()
+    usage = type(shutil.disk_usage(tmp_path))
+    monkeypatch.setattr(ckpt_mod.shutil, "disk_usage", lambda path: usage(10 * 2**30, 10 * 2**30, 0))
+    with pytest.raises(DiskFullError, match=r"no space left on device .* \(0 MiB free\); the previous checkpoint"):
+        m.save(20, _failing_writer(torch_error), state=state, meta=_meta(""), is_best=False)
+    monkeypatch.setattr(ckpt_mod.shutil, "disk_usage", lambda path: usage(10 * 2**30, 2**30, 9 * 2**30))
+    with pytest.raises(RuntimeError, match="unexpected pos") as err:
+        m.save(20, _failing_writer(torch_error), state=state, meta=_meta(""), is_best=False)
+    assert not isinstance(err.value, DiskFullError)
+    assert m.latest() == good
 
 
 def test_dangling_pointer_falls_back_to_the_newest_complete_checkpoint(tmp_path):

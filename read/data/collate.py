@@ -90,18 +90,24 @@ class ReadCollator:
         *,
         template: str | None = None,
         padding_side: Literal["right", "left"] | None = None,
+        inference: bool = False,
     ) -> "ReadCollator":
-        """Sizes from ``cfg.model``, template/max length/strictness from ``cfg.data`` (a :class:`ReadConfig`)."""
+        """The collator of a model config (a :class:`ReadConfig`): sizes from ``cfg.model``.
+
+        For training (default) the template, length limit and strictness come from ``cfg.data``, and query targets
+        are built when ``loss.query_weight > 0``. With ``inference`` (evaluation, chat) no row is ever dropped
+        (no length limit, and a row that cannot be encoded raises) and no query targets are built.
+        """
         return cls(
             tokenizer,
             template or cfg.data.conv_type,
             clip_size=cfg.model.vision.image_size,
             sam_size=cfg.model.sam.image_size,
             num_image_tokens=cfg.model.vision.num_patches,
-            max_length=cfg.data.model_max_length,
+            max_length=None if inference else cfg.data.model_max_length,
             padding_side=padding_side,
-            strict=cfg.data.strict,
-            query_targets=cfg.loss.query_weight > 0,
+            strict=True if inference else cfg.data.strict,
+            query_targets=not inference and cfg.loss.query_weight > 0,
         )
 
     # ------------------------------------------------------------------------------------------------------
@@ -209,6 +215,7 @@ class ReadCollator:
             gt_masks=masks,
             meta=meta,
             query_ids=query_ids,
+            skipped_samples=sum(s.skipped for s in samples),
         )
         batch.validate()
         return batch

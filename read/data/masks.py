@@ -16,7 +16,10 @@ from read.data.sample import DataError
 
 __all__ = [
     "IGNORE_VALUE",
+    "polygon_array",
     "polygon_points",
+    "polygon_problem",
+    "reason_seg_problems",
     "rasterize_polygon",
     "reason_seg_mask",
     "coco_segmentation_to_mask",
@@ -24,6 +27,23 @@ __all__ = [
 ]
 
 IGNORE_VALUE = 255
+
+
+def polygon_array(points: Any, source: str = "") -> np.ndarray:
+    """Validate a polygon given as ``[[x, y], ...]`` and return it as (N, 2) float64 coordinates.
+
+    Raises:
+        DataError: empty polygon, wrong nesting or non-numeric / non-finite coordinates (message names ``source``).
+    """
+    try:
+        arr = np.asarray(points, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{source}: polygon points are not numeric pairs: {e}") from e
+    if arr.ndim != 2 or arr.shape[1] != 2 or arr.shape[0] == 0:
+        raise DataError(f"{source}: polygon must be a non-empty list of [x, y] pairs, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise DataError(f"{source}: polygon has non-finite coordinates")
+    return arr
 
 
 def polygon_points(points: Any, source: str = "") -> np.ndarray:
@@ -34,15 +54,38 @@ def polygon_points(points: Any, source: str = "") -> np.ndarray:
     Raises:
         DataError: empty polygon, wrong nesting or non-numeric coordinates (message names ``source``).
     """
-    try:
-        arr = np.asarray(points, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise DataError(f"{source}: polygon points are not numeric pairs: {e}") from e
-    if arr.ndim != 2 or arr.shape[1] != 2 or arr.shape[0] == 0:
-        raise DataError(f"{source}: polygon must be a non-empty list of [x, y] pairs, got shape {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise DataError(f"{source}: polygon has non-finite coordinates")
-    return arr.astype(np.int32)
+    return polygon_array(points, source).astype(np.int32)
+
+
+def polygon_problem(points: np.ndarray, height: int, width: int) -> str | None:
+    """Why a polygon cannot outline an object in a ``height`` x ``width`` image, or None when it can.
+
+    A usable polygon has at least 3 distinct points, encloses at least one square pixel (shoelace area), covers at
+    least one pixel of the image when drawn as the loaders draw it, and has no point farther than the image's own
+    width (height) beyond its left/right (top/bottom) border. Points a little outside the image are normal (the
+    drawing clips them, as in the reference); points far outside are a broken annotation, and beyond the int32
+    range they would wrap around when drawn.
+
+    Arguments:
+        points: (N, 2) float (x, y) coordinates (:func:`polygon_array`).
+        height, width: the image size.
+    """
+    x, y = points[:, 0], points[:, 1]
+    far = (x < -width) | (x > 2 * width) | (y < -height) | (y > 2 * height)
+    if far.any():
+        k = int(np.flatnonzero(far)[0])
+        return f"point ({x[k]:g}, {y[k]:g}) lies far outside the {width}x{height} image"
+    distinct = len(np.unique(points, axis=0))
+    if distinct < 3:
+        return f"{distinct} distinct point(s); a polygon needs at least 3"
+    area = 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+    if area < 1.0:
+        return f"encloses {area:g} square pixels (its points are (nearly) on one line)"
+    scratch = np.zeros((height, width), dtype=np.uint8)
+    rasterize_polygon(scratch, points.astype(np.int32), 1)
+    if not scratch.any():
+        return f"lies entirely outside the {width}x{height} image"
+    return None
 
 
 def rasterize_polygon(mask: np.ndarray, points: np.ndarray, value: int) -> None:
@@ -96,6 +139,52 @@ def reason_seg_mask(shapes: Sequence[dict], height: int, width: int, source: str
         pts, value = polygons[int(k)]
         rasterize_polygon(mask, pts, value)
     return mask
+
+
+def reason_seg_problems(shapes: Sequence[dict], height: int, width: int) -> list[str]:
+    """Why a ReasonSeg annotation cannot serve as ground truth (an empty list when it can).
+
+    In ReasonSeg every query has a target, so a usable annotation needs at least one usable target polygon (a label
+    without "ignore"; "flag" shapes are skipped, see :func:`polygon_problem`) and a non-empty target mask. A stray
+    degenerate polygon beside a usable target is drawn as the reference draws it; a point far outside the image
+    makes the annotation unusable whatever its label.
+
+    Arguments:
+        shapes: the ``shapes`` list of the JSON.
+        height, width: the image size.
+
+    Returns:
+        One message per problem, e.g. ``"shapes[0] ('target'): 2 distinct point(s); a polygon needs at least 3"``.
+
+    Raises:
+        DataError: a shape is malformed (no ``label`` / ``points``, non-numeric points).
+    """
+    problems: list[str] = []
+    degenerate_targets: list[str] = []
+    usable_targets = 0
+    for i, shape in enumerate(shapes):
+        if not isinstance(shape, dict) or "label" not in shape or "points" not in shape:
+            raise DataError(f"shapes[{i}] must be a dict with 'label' and 'points'")
+        label = str(shape["label"])
+        if label.lower() == "flag":
+            continue
+        problem = polygon_problem(polygon_array(shape["points"], f"shapes[{i}]"), height, width)
+        is_target = "ignore" not in label.lower()
+        if problem is not None and "far outside" in problem:
+            problems.append(f"shapes[{i}] ({label!r}): {problem}")
+        elif problem is not None and is_target:
+            degenerate_targets.append(f"shapes[{i}] ({label!r}): {problem}")
+        elif problem is None and is_target:
+            usable_targets += 1
+    if problems:
+        return problems
+    if usable_targets == 0:
+        if degenerate_targets:
+            return degenerate_targets
+        return ["no target: every shape is labelled 'ignore' or 'flag'" if shapes else "no target: 'shapes' is empty"]
+    if not (reason_seg_mask(shapes, height, width) == 1).any():
+        return ["the target is empty: 'ignore' regions cover all of it"]
+    return []
 
 
 def _rle_parts(segmentation: Any, height: int, width: int, source: str) -> list[dict]:

@@ -6,8 +6,11 @@ source is drawn from it, and the source's own draws use ``[seed, epoch, index, a
 to the same sample whatever the number of DataLoader workers, processes or resumptions. :class:`ShardedSampler`
 splits the indices of an epoch over data-parallel ranks without duplicates.
 
-A bad sample (unreadable image, malformed annotation, every row too long) is skipped, counted and logged with the
-file name, and the same source is asked again with the next attempt number; ``strict=True`` raises instead.
+A bad sample (missing or truncated image, malformed annotation, ground truth without a usable target, every row too
+long) is skipped, counted and logged with the file name, and the same source is asked again with the next attempt
+number; ``strict=True`` raises instead. The sample finally returned carries the number of bad draws before it
+(``Sample.skipped``), which the collator sums into ``ReadBatch.skipped_samples``: the training loop reports it per
+step and per epoch, whatever the number of DataLoader workers.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from read.data.refer_seg import ReferSegDataset
 from read.data.sample import DataError, Sample, template_set
 from read.data.sem_seg import SemSegDataset
 from read.data.vqa import VQADataset
+from read.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +132,7 @@ class MixtureDataset(torch.utils.data.Dataset):
                 continue
             for q in sample.queries:
                 q.meta.setdefault("index", index)
+            sample.skipped = attempt
             return sample
         raise DataError(f"{source.name}: {self.max_attempts} bad samples in a row at index {index}; last: {last}")
 
@@ -212,7 +217,7 @@ def build_source(data_cfg: DataConfig, dataset_type: str) -> SampleSource:
         )
     if dataset_type == "vqa":
         return VQADataset(d, data_cfg.vqa_data)
-    raise ValueError(f"unknown dataset type {dataset_type!r} in data.datasets; expected one of {list(DATASET_TYPES)}")
+    raise ConfigError(f"unknown dataset type {dataset_type!r} in data.datasets; expected one of {list(DATASET_TYPES)}")
 
 
 def build_train_dataset(

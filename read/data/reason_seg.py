@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 
 from read.constants import IMAGE_TOKEN
-from read.data.masks import reason_seg_mask
+from read.data.masks import reason_seg_mask, reason_seg_problems
 from read.data.sample import (
     DataError,
+    InvalidAnnotation,
     Query,
     Sample,
     TemplateSet,
@@ -34,7 +35,8 @@ from read.data.sample import (
     single_turn,
     subsample,
 )
-from read.data.transforms import load_image
+from read.data.transforms import image_size, load_image
+from read.errors import ConfigError, MissingFileError
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +44,10 @@ __all__ = [
     "ReasonSegAnnotation",
     "read_reason_seg_json",
     "parse_reason_seg_data",
+    "ReasonSegFiles",
+    "find_reason_seg_files",
     "list_reason_seg_images",
+    "item_problems",
     "load_reason_seg_item",
     "ReasonSegDataset",
 ]
@@ -106,25 +111,64 @@ def read_reason_seg_json(path: str) -> ReasonSegAnnotation:
 def parse_reason_seg_data(spec: str) -> tuple[str, list[str]]:
     """``"ReasonSeg|train"`` -> ("ReasonSeg", ["train"]); several splits are joined with "_" ("train_val")."""
     if "|" not in spec:
-        raise ValueError(f"reason_seg_data must look like 'ReasonSeg|train', got {spec!r}")
+        raise ConfigError(f"data.reason_seg_data must look like 'ReasonSeg|train', got {spec!r}")
     folder, splits = spec.split("|", 1)
     return folder, [s for s in splits.split("_") if s]
 
 
-def list_reason_seg_images(dataset_dir: str, folder: str, splits: list[str]) -> list[str]:
-    """Sorted ``*.jpg`` paths of the given splits.
+@dataclass
+class ReasonSegFiles:
+    """The image / annotation pairs of some ReasonSeg splits.
+
+    Attributes:
+        images: sorted ``*.jpg`` paths that have their ``.json`` beside them.
+        missing_images: ``.json`` annotations without their ``.jpg``.
+        missing_annotations: ``.jpg`` images without their ``.json``.
+    """
+
+    images: list[str]
+    missing_images: list[str]
+    missing_annotations: list[str]
+
+    def unpaired(self) -> list[str]:
+        """One message per file without its partner (empty when every file is paired)."""
+        return [f"annotation without its image: {p}" for p in self.missing_images] + [
+            f"image without its annotation: {p}" for p in self.missing_annotations
+        ]
+
+
+def find_reason_seg_files(dataset_dir: str, folder: str, splits: list[str]) -> ReasonSegFiles:
+    """Pair the ``<stem>.jpg`` and ``<stem>.json`` files of the given splits.
 
     Raises:
-        FileNotFoundError: a split folder is missing or has no images (message names the folder).
+        FileNotFoundError: a split folder is missing or holds neither images nor annotations (names the folder).
     """
-    paths: list[str] = []
+    out = ReasonSegFiles([], [], [])
     for split in splits:
         split_dir = os.path.join(dataset_dir, "reason_seg", folder, split)
-        found = sorted(glob.glob(os.path.join(split_dir, "*.jpg")))
-        if not found:
-            raise FileNotFoundError(f"reason_seg: no *.jpg images in {split_dir}")
-        paths.extend(found)
-    return paths
+        images = sorted(glob.glob(os.path.join(split_dir, "*.jpg")))
+        jsons = sorted(glob.glob(os.path.join(split_dir, "*.json")))
+        if not images and not jsons:
+            raise MissingFileError(f"reason_seg: no *.jpg images in {split_dir}")
+        image_stems = {os.path.splitext(p)[0] for p in images}
+        json_stems = {os.path.splitext(p)[0] for p in jsons}
+        out.images += [p for p in images if os.path.splitext(p)[0] in json_stems]
+        out.missing_annotations += [p for p in images if os.path.splitext(p)[0] not in json_stems]
+        out.missing_images += [p for p in jsons if os.path.splitext(p)[0] not in image_stems]
+    return out
+
+
+def list_reason_seg_images(dataset_dir: str, folder: str, splits: list[str]) -> list[str]:
+    """Sorted ``*.jpg`` paths of the given splits that have their annotation (see :func:`find_reason_seg_files`).
+
+    Raises:
+        MissingFileError: a split folder is missing or has no annotated image (message names the folder).
+    """
+    images = find_reason_seg_files(dataset_dir, folder, splits).images
+    if not images:
+        where = os.path.join(dataset_dir, "reason_seg", folder, "_".join(splits))
+        raise MissingFileError(f"reason_seg: no *.jpg image with its .json annotation in {where}")
+    return images
 
 
 def json_path_for(image_path: str) -> str:
@@ -132,15 +176,48 @@ def json_path_for(image_path: str) -> str:
     return os.path.splitext(image_path)[0] + ".json"
 
 
+def annotation_problems(ann: ReasonSegAnnotation, height: int, width: int, json_path: str) -> list[str]:
+    """:func:`read.data.masks.reason_seg_problems`, each message prefixed with the annotation file."""
+    try:
+        problems = reason_seg_problems(ann.shapes, height, width)
+    except DataError as e:
+        problems = [str(e)]
+    return [f"{json_path}: {p}" for p in problems]
+
+
+def item_problems(image_path: str) -> list[str]:
+    """Why an image's annotation cannot serve as ground truth, without decoding the image (its size comes from the
+    file header); an empty list when it can. An unreadable or malformed annotation is one problem.
+
+    Raises:
+        ImageLoadError: the image is missing or its header is not an image's.
+    """
+    json_path = json_path_for(image_path)
+    height, width = image_size(image_path)
+    try:
+        ann = read_reason_seg_json(json_path)
+    except DataError as e:
+        return [str(e)]
+    return annotation_problems(ann, height, width, json_path)
+
+
 def load_reason_seg_item(image_path: str) -> tuple[np.ndarray, ReasonSegAnnotation, np.ndarray]:
     """Read an image, its annotation and its ground-truth mask.
 
     Returns:
         image (H, W, 3) uint8 RGB, the annotation, and the (H, W) uint8 mask in {0, 1, 255}.
+
+    Raises:
+        ImageLoadError: the image is missing, truncated or cannot be decoded.
+        InvalidAnnotation: the annotation has no usable target (:func:`read.data.masks.reason_seg_problems`).
+        DataError: the annotation is missing or malformed.
     """
     image = load_image(image_path)
     json_path = json_path_for(image_path)
     ann = read_reason_seg_json(json_path)
+    problems = annotation_problems(ann, image.shape[0], image.shape[1], json_path)
+    if problems:
+        raise InvalidAnnotation("; ".join(problems))
     mask = reason_seg_mask(ann.shapes, image.shape[0], image.shape[1], source=json_path)
     return image, ann, mask
 
@@ -154,6 +231,11 @@ class ReasonSegDataset:
     without ``[SEG]``, no mask). With ``explanatory >= 0`` (LISA), images listed in ``explanatory/train.json`` get a
     text-only answer with that probability, otherwise a coin flip between a plain ``[SEG]`` answer and ``[SEG]``
     followed by the explanation (used only when ``explanatory/train.json`` exists).
+
+    Files without their partner (an annotation without its image or the reverse) are left out with one warning
+    naming them (``unpaired``). A drawn image whose file is truncated or whose annotation has no usable target
+    raises :class:`read.data.sample.DataError`, which the training mixture counts and skips with a warning naming
+    the file.
 
     Arguments:
         dataset_dir: the dataset root.
@@ -178,7 +260,15 @@ class ReasonSegDataset:
             raise ValueError(f"num_classes_per_sample must be >= 1, got {num_classes_per_sample}")
         self.name = "reason_seg"
         self.folder, self.splits = parse_reason_seg_data(reason_seg_data)
-        self.images = list_reason_seg_images(dataset_dir, self.folder, self.splits)
+        files = find_reason_seg_files(dataset_dir, self.folder, self.splits)
+        self.unpaired = files.unpaired()
+        if self.unpaired:
+            shown = ", ".join(os.path.basename(p) for p in files.missing_images + files.missing_annotations)
+            logger.warning("reason_seg: skipping %d file(s) without their image or annotation: %s",
+                           len(self.unpaired), _shorten(shown))  # fmt: skip
+        if not files.images:
+            list_reason_seg_images(dataset_dir, self.folder, self.splits)  # raises, naming the folders
+        self.images = files.images
         self.templates = templates
         self.num_classes_per_sample = num_classes_per_sample
         self.false_premise_prob = false_premise_prob
@@ -234,6 +324,10 @@ class ReasonSegDataset:
         if is_sentence:
             return pick(rng, self.templates.long_question).format(sent=text)
         return pick(rng, self.templates.short_question).format(class_name=text.lower() if lower else text)
+
+
+def _shorten(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[: limit - 5] + " ..."
 
 
 def _read_explanations(root: str) -> dict[str, dict[str, str]]:

@@ -15,20 +15,30 @@ a list ``ann_id`` (multi-target) or ``[-1]`` (no target).
 from __future__ import annotations
 
 import json
+import logging
 import os
+import pickle
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from read.data.masks import coco_segmentation_to_mask
-from read.data.safe_pickle import load_pickle
+from read.data.masks import coco_segmentation_to_mask, polygon_problem
+from read.data.safe_pickle import UnsafePickleError, load_pickle
 from read.data.sample import DataError
+from read.errors import ConfigError, MissingFileError
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "REFER_DATASETS",
     "FALSE_PREMISE_DATASETS",
+    "REFER_PROTOCOLS",
+    "RefsFile",
+    "find_refs_file",
     "split_by_for",
+    "coco_target_problem",
     "refer_image_dir",
     "sentence_exists",
     "ReferIndex",
@@ -48,6 +58,7 @@ REFER_DATASETS = (
     "grefcoco",
 )
 FALSE_PREMISE_DATASETS = ("fprefcoco", "fprefcoco+", "fprefcocog")
+REFER_PROTOCOLS = ("auto", "read", "lisa")
 
 
 def split_by_for(dataset: str, protocol: str = "read") -> str:
@@ -59,9 +70,9 @@ def split_by_for(dataset: str, protocol: str = "read") -> str:
             in any refcoco/+/g val/test split) or "lisa" (the standard ``unc``/``umd`` files).
     """
     if dataset not in REFER_DATASETS:
-        raise ValueError(f"unknown referring dataset '{dataset}'; expected one of {list(REFER_DATASETS)}")
+        raise ConfigError(f"unknown referring dataset '{dataset}'; expected one of {list(REFER_DATASETS)}")
     if protocol not in ("read", "lisa"):
-        raise ValueError(f"unknown refer protocol '{protocol}'; expected 'read' or 'lisa'")
+        raise ConfigError(f"unknown refer protocol '{protocol}'; expected 'read' or 'lisa'")
     if dataset in ("refclef", "grefcoco"):
         return "unc"
     if protocol == "lisa":
@@ -71,6 +82,92 @@ def split_by_for(dataset: str, protocol: str = "read") -> str:
     if dataset in FALSE_PREMISE_DATASETS:
         return "berkeley_exclude_unified"
     return "unc_exclude_unified"
+
+
+@dataclass(frozen=True)
+class RefsFile:
+    """The refs file a referring dataset is read from.
+
+    Attributes:
+        path: the file.
+        split_by: its ``splitBy`` (e.g. "unc_exclude_unified", "unc").
+        convention: "read" (READ/SESAME's ``*_exclude_unified`` files) or "standard" (REFER's ``unc``/``umd``
+            files, which LISA uses).
+    """
+
+    path: str
+    split_by: str
+    convention: str
+
+    def describe(self) -> str:
+        """E.g. ``refs(unc).p (standard convention)``."""
+        name = "READ/SESAME" if self.convention == "read" else "standard"
+        return f"{os.path.basename(self.path)} ({name} convention)"
+
+
+def find_refs_file(refer_root: str, dataset: str, protocol: str = "auto") -> RefsFile:
+    """The refs file of ``dataset`` under ``<refer_root>/<dataset>/``.
+
+    Arguments:
+        refer_root: ``<dataset_dir>/refer_seg``.
+        dataset: one of :data:`REFER_DATASETS`.
+        protocol: "read" (only READ/SESAME's ``*_exclude_unified`` file), "lisa" (only the standard ``unc``/``umd``
+            file) or "auto": READ/SESAME's file when it is there (its training refs leave out every image of the
+            refcoco/+/g val and test splits), else the standard one. Training and evaluation use the same rule.
+
+    Raises:
+        FileNotFoundError: none of the candidate files exists (the message lists them).
+    """
+    if protocol not in REFER_PROTOCOLS:
+        raise ValueError(f"unknown refer protocol '{protocol}'; expected one of {list(REFER_PROTOCOLS)}")
+    conventions = ("read", "lisa") if protocol == "auto" else (protocol,)
+    stem = "grefs" if dataset == "grefcoco" else "refs"
+    suffixes = (".p", ".json") if dataset == "grefcoco" else (".p",)
+    tried: list[str] = []
+    for convention in conventions:
+        split_by = split_by_for(dataset, convention)
+        for suffix in suffixes:
+            path = os.path.join(refer_root, dataset, f"{stem}({split_by}){suffix}")
+            if path in tried:
+                continue
+            tried.append(path)
+            if os.path.isfile(path):
+                kind = "read" if split_by.endswith("_exclude_unified") else "standard"
+                return RefsFile(path, split_by, kind)
+    raise MissingFileError(f"{dataset}: refs file not found (looked for {' and '.join(tried)})")
+
+
+def coco_target_problem(segmentation: Any, height: int, width: int) -> str | None:
+    """Why a COCO ``segmentation`` cannot outline a target, judged from its geometry alone (no decoding).
+
+    Polygon parts with fewer than 3 points are dropped when decoding; a segmentation whose parts are all degenerate
+    or entirely outside the image has no target, and a point far outside the image is a broken annotation (see
+    :func:`read.data.masks.polygon_problem`). RLEs are checked for their size only. None when usable.
+    """
+    if isinstance(segmentation, dict):
+        segmentation = [segmentation]
+    if not isinstance(segmentation, list) or not segmentation:
+        return "empty segmentation"
+    if not all(isinstance(p, list) for p in segmentation):
+        for p in segmentation:
+            if isinstance(p, dict) and "size" in p and list(p["size"]) != [height, width]:
+                return f"RLE size {list(p['size'])} does not match the image size {[height, width]}"
+        return None
+    problems = []
+    for part in segmentation:
+        try:
+            points = np.asarray(part, dtype=np.float64).reshape(-1, 2)
+        except (TypeError, ValueError):
+            return "polygon coordinates are not numbers"
+        if not np.isfinite(points).all():
+            return "polygon has non-finite coordinates"
+        problem = polygon_problem(points, height, width) if len(points) else "an empty polygon"
+        if problem is None:
+            return None
+        if "far outside" in problem:
+            return problem
+        problems.append(problem)
+    return "no usable polygon: " + "; ".join(problems)
 
 
 def refer_image_dir(refer_root: str, dataset: str) -> str:
@@ -113,12 +210,14 @@ class ReferIndex:
 
     def __init__(self, refer_root: str, dataset: str, split_by: str) -> None:
         if dataset not in REFER_DATASETS:
-            raise ValueError(f"unknown referring dataset '{dataset}'; expected one of {list(REFER_DATASETS)}")
+            raise ConfigError(f"unknown referring dataset '{dataset}'; expected one of {list(REFER_DATASETS)}")
         self.dataset = dataset
         self.split_by = split_by
         self.data_dir = os.path.join(refer_root, dataset)
         self.image_dir = refer_image_dir(refer_root, dataset)
         self.refs_path = self._refs_path()
+        kind = "read" if split_by.endswith("_exclude_unified") else "standard"
+        self.refs_file = RefsFile(self.refs_path, split_by, kind)
         self.refs: list[dict] = self._load_refs()
         self.instances_path = os.path.join(self.data_dir, "instances.json")
         instances = self._load_instances()
@@ -147,20 +246,33 @@ class ReferIndex:
         for c in candidates:
             if os.path.isfile(c):
                 return c
-        raise FileNotFoundError(f"{self.dataset}: refs file not found (looked for {' and '.join(candidates)})")
+        raise MissingFileError(f"{self.dataset}: refs file not found (looked for {' and '.join(candidates)})")
+
+    @classmethod
+    def open(cls, refer_root: str, dataset: str, protocol: str = "auto") -> "ReferIndex":
+        """The index of ``dataset`` with the refs file that :func:`find_refs_file` picks for ``protocol``
+        (``refs_file`` says which; the choice is logged)."""
+        refs_file = find_refs_file(refer_root, dataset, protocol)
+        logger.info("%s: using %s", dataset, refs_file.describe())
+        return cls(refer_root, dataset, refs_file.split_by)
 
     def _load_refs(self) -> list[dict]:
         if self.refs_path.endswith(".json"):
             refs = _read_json(self.refs_path)
         else:
-            refs = load_pickle(self.refs_path)
+            try:
+                refs = load_pickle(self.refs_path)
+            except UnsafePickleError:
+                raise  # a user error already, naming the file and the refused global
+            except pickle.UnpicklingError as e:  # a truncated or corrupt file; the message names it
+                raise DataError(str(e)) from e
         if not isinstance(refs, list):
             raise DataError(f"{self.refs_path}: expected a list of refs, got {type(refs).__name__}")
         return refs
 
     def _load_instances(self) -> dict[str, Any]:
         if not os.path.isfile(self.instances_path):
-            raise FileNotFoundError(f"{self.dataset}: instances file not found: {self.instances_path}")
+            raise MissingFileError(f"{self.dataset}: instances file not found: {self.instances_path}")
         instances = _read_json(self.instances_path)
         for key in ("images", "annotations"):
             if key not in instances:
@@ -173,7 +285,7 @@ class ReferIndex:
     def split_refs(self, split: str) -> list[dict]:
         """Refs of a split: "train", "val", "test", "testA", "testB", "testC" (REFER's matching rules)."""
         if split not in ("train", "val", "test", "testA", "testB", "testC"):
-            raise ValueError(f"{self.dataset}: unknown split '{split}'")
+            raise ConfigError(f"{self.dataset}: unknown split '{split}'")
         return [ref for ref in self.refs if _split_matches(split, str(ref["split"]))]
 
     def split_images(self, split: str) -> list[dict]:
@@ -215,6 +327,41 @@ class ReferIndex:
             )
             out |= m
         return out
+
+    def target_problem(self, ann_id: int | list[int], image: dict, *, decode: bool = True) -> str | None:
+        """Why a ref whose object is in the image has no usable target mask, or None when it has one.
+
+        ``ann_id`` ``-1`` / ``[-1]`` (gRefCOCO's no-target expressions) has no target by design: None. Otherwise
+        every annotation must exist in ``instances.json`` with a usable geometry (:func:`coco_target_problem`), and,
+        with ``decode``, the decoded mask must not be empty.
+        """
+        ids = [a for a in (ann_id if isinstance(ann_id, list) else [ann_id]) if a != -1]
+        if not ids:
+            return None
+        height, width = int(image["height"]), int(image["width"])
+        usable = 0
+        problems = []
+        for a in ids:
+            ann = self.anns.get(a)
+            if ann is None:
+                return f"annotation {a} not found in {self.instances_path}"
+            problem = coco_target_problem(ann.get("segmentation", []), height, width)
+            if problem is not None and "far outside" in problem:
+                return f"annotation {a}: {problem}"
+            if problem is None:
+                usable += 1
+            else:
+                problems.append(f"annotation {a}: {problem}")
+        if not usable:
+            return "; ".join(problems)
+        if decode:
+            try:
+                empty = not self.ann_mask(ann_id, image).any()
+            except DataError as e:
+                return str(e)
+            if empty:
+                return f"the mask of annotation(s) {ids} is empty"
+        return None
 
 
 def _read_json(path: str) -> Any:

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from read.data.refer import FALSE_PREMISE_DATASETS, ReferIndex, sentence_exists, split_by_for
+from read.data.refer import FALSE_PREMISE_DATASETS, ReferIndex, sentence_exists
 from read.data.sample import (
     DataError,
+    InvalidAnnotation,
     Query,
     Sample,
     TemplateSet,
@@ -47,6 +48,17 @@ class ReferSentence:
     ref_id: int
     sent_id: int
 
+    @property
+    def no_target(self) -> bool:
+        """gRefCOCO's no-target expressions (``ann_id`` -1): an empty mask is their true ground truth."""
+        ids = self.ann_id if isinstance(self.ann_id, list) else [self.ann_id]
+        return all(a == -1 for a in ids)
+
+    @property
+    def expects_target(self) -> bool:
+        """The sentence refers to an object in the image, so its mask must not be empty."""
+        return self.exists and not self.no_target
+
 
 class ReferSplit:
     """The images of one referring dataset split with their refs.
@@ -55,13 +67,13 @@ class ReferSplit:
         dataset_dir: the dataset root (the refs live under ``<dataset_dir>/refer_seg``).
         dataset: e.g. "refcoco", "fprefcoco+", "grefcoco".
         split: "train", "val", "test", "testA", "testB".
-        protocol: refs-file convention, "read" or "lisa" (see ``read.data.refer.split_by_for``).
+        protocol: refs-file convention, "auto", "read" or "lisa" (see ``read.data.refer.find_refs_file``).
     """
 
-    def __init__(self, dataset_dir: str, dataset: str, split: str, protocol: str = "read") -> None:
+    def __init__(self, dataset_dir: str, dataset: str, split: str, protocol: str = "auto") -> None:
         self.dataset = dataset
         self.split = split
-        self.index = ReferIndex(os.path.join(dataset_dir, "refer_seg"), dataset, split_by_for(dataset, protocol))
+        self.index = ReferIndex.open(os.path.join(dataset_dir, "refer_seg"), dataset, protocol)
         refs = self.index.split_refs(split)
         self.image_refs: dict[int, list[dict]] = {}
         for ref in refs:
@@ -76,6 +88,10 @@ class ReferSplit:
     def sentences(self, image: dict) -> list[ReferSentence]:
         """All sentences of all refs of an image, in file order."""
         return image_sentences(self.image_refs.get(image["id"], []))
+
+    def sentences_of(self, ref: dict) -> list[ReferSentence]:
+        """The sentences of one ref."""
+        return image_sentences([ref])
 
     def load(self, image: dict) -> np.ndarray:
         """Read an image record's file and check that its size matches ``instances.json``."""
@@ -129,8 +145,12 @@ class ReferSegDataset:
         templates: question/answer lists.
         num_classes_per_sample: maximum rows per image.
         split: the refs split to train on.
-        protocol: refs-file convention ("read": ``*_exclude_unified``; "lisa": ``unc``/``umd``).
+        protocol: refs-file convention ("auto": READ/SESAME's ``*_exclude_unified`` file if present, else the
+            standard one; "read": ``*_exclude_unified``; "lisa": ``unc``/``umd``).
         name: the source name reported in samples (e.g. "refer_seg", "neg_refer_seg").
+
+    A sentence whose object is in the image but whose annotation gives an empty mask raises
+    :class:`read.data.sample.InvalidAnnotation` (the training mixture counts and skips the sample, naming the ref).
     """
 
     def __init__(
@@ -141,7 +161,7 @@ class ReferSegDataset:
         templates: TemplateSet,
         num_classes_per_sample: int = 3,
         split: str = "train",
-        protocol: str = "read",
+        protocol: str = "auto",
         name: str = "refer_seg",
     ) -> None:
         if not datasets:
@@ -172,6 +192,11 @@ class ReferSegDataset:
             if s.exists:
                 answer = pick(rng, t.short_answer).format(class_name=text.lower())
                 masks = split.index.ann_mask(s.ann_id, image)[None]
+                if s.expects_target and not masks.any():
+                    raise InvalidAnnotation(
+                        f"{split.index.refs_path}: ref {s.ref_id} (image {image['file_name']}): the mask of "
+                        f"annotation {s.ann_id} is empty"
+                    )
             elif ds in FALSE_PREMISE_DATASETS:
                 answer = pick(rng, t.correct_answer).format(class_name=text.lower(), gt_name=s.gt_sent.strip().lower())
                 masks = empty_masks(h, w)

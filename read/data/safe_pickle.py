@@ -12,7 +12,9 @@ import os
 import pickle
 from typing import Any
 
-__all__ = ["UnsafePickleError", "load_pickle", "loads_restricted"]
+from read.errors import FileFormatError, MissingFileError, UnsafeFileError
+
+__all__ = ["PickleFormatError", "UnsafePickleError", "load_pickle", "loads_restricted"]
 
 # The only globals a pickle of built-in containers and scalars may reference (protocols 0-5, Python 2 and 3
 # names; Python 2 names are mapped by ``fix_imports``).
@@ -31,8 +33,12 @@ _ALLOWED_GLOBALS = {
 _PY2_STR_ENCODINGS = ("ASCII", "utf-8", "latin1")
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(UnsafeFileError, pickle.UnpicklingError):
     """A pickle references a global outside the allow-list."""
+
+
+class PickleFormatError(FileFormatError, pickle.UnpicklingError):
+    """A file is not a valid pickle (truncated or corrupt)."""
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -70,8 +76,8 @@ def loads_restricted(data: bytes, source: str = "<bytes>") -> Any:
         except UnsafePickleError:
             raise
         except Exception as e:  # truncated or corrupt pickles raise assorted exception types
-            raise pickle.UnpicklingError(f"{source}: not a valid pickle ({type(e).__name__}: {e})") from e
-    raise pickle.UnpicklingError(f"{source}: cannot decode Python 2 strings ({last_error})")
+            raise PickleFormatError(f"{source}: not a valid pickle ({type(e).__name__}: {e})") from e
+    raise PickleFormatError(f"{source}: cannot decode Python 2 strings ({last_error})")
 
 
 def load_pickle(path: str | os.PathLike) -> Any:
@@ -89,7 +95,7 @@ def load_pickle(path: str | os.PathLike) -> Any:
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"pickle file not found: {path}")
+        raise MissingFileError(f"pickle file not found: {path}")
     with open(path, "rb") as f:
         data = f.read()
     return loads_restricted(data, source=path)

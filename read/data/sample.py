@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from read.constants import SEG_TOKEN
+from read.errors import UserError
 
 USER = "user"
 ASSISTANT = "assistant"
@@ -22,8 +23,16 @@ ASSISTANT = "assistant"
 Message = tuple[str, "str | None"]
 
 
-class DataError(Exception):
+class DataError(UserError):
     """A sample cannot be built: unreadable image, missing or malformed annotation. The message names the file."""
+
+
+class InvalidAnnotation(DataError):
+    """An annotation is readable but its ground truth cannot be used (e.g. a degenerate polygon, no target).
+
+    Training skips such a sample (counted, with a warning naming the file); evaluation refuses to score a split
+    that holds one unless asked to leave those queries out.
+    """
 
 
 @dataclass
@@ -57,12 +66,15 @@ class Sample:
         image_path: the file the image was read from (for messages and metadata).
         queries: one or more rows; each becomes one row of the batch.
         dataset: name of the source dataset (e.g. "reason_seg", "refcoco", "ade20k").
+        skipped: bad samples the training mixture drew and skipped before this one, for the same index (reported
+            per step and per epoch).
     """
 
     image: np.ndarray
     image_path: str
     queries: list[Query]
     dataset: str
+    skipped: int = 0
 
     @property
     def size(self) -> tuple[int, int]:

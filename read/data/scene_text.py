@@ -120,14 +120,16 @@ def scene_questions(
                          f"There {'is' if n == 1 else 'are'} {_number(n)} shape{'' if n == 1 else 's'}."))  # fmt: skip
     color = pick(cfg.colors)
     k = colors.count(color)
-    out["count"].append((f"How many {color} shapes are there?",
-                         f"There {'is' if k == 1 else 'are'} {_number(k)} {color} shape{'' if k == 1 else 's'}."))  # fmt: skip
+    verb, plural = ("is", "") if k == 1 else ("are", "s")
+    out["count"].append((f"How many {color} shapes are there?", f"There {verb} {_number(k)} {color} shape{plural}."))
     shape = pick(cfg.shapes)
     k = shapes.count(shape)
-    out["count"].append((f"How many {_PLURAL[shape]} are there?",
-                         f"There {'is' if k == 1 else 'are'} {_number(k)} {shape if k == 1 else _PLURAL[shape]}."))  # fmt: skip
+    verb, noun = ("is", shape) if k == 1 else ("are", _PLURAL[shape])
+    out["count"].append((f"How many {_PLURAL[shape]} are there?", f"There {verb} {_number(k)} {noun}."))
     o = objs[int(rng.integers(len(objs)))]
-    out["exists"].append((f"Is there {_a(o.color)} {o.color} {o.shape} in the image?", f"Yes, {place_phrase(o, size)}."))
+    out["exists"].append(
+        (f"Is there {_a(o.color)} {o.color} {o.shape} in the image?", f"Yes, {place_phrase(o, size)}.")
+    )
     absent = [(c, s) for c in cfg.colors for s in cfg.shapes if (c, s) not in {(x.color, x.shape) for x in objs}]
     if absent:
         c, s = absent[int(rng.integers(len(absent)))]

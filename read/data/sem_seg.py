@@ -38,6 +38,7 @@ from read.data.sample import (
     subsample,
 )
 from read.data.transforms import load_image
+from read.errors import ConfigError, MissingFileError
 
 __all__ = [
     "SEM_SEG_DATASETS",
@@ -132,7 +133,7 @@ class LabelMapSource:
 
     def __init__(self, name: str, images: list[str], labels: list[str], classes: list[str]) -> None:
         if not labels:
-            raise FileNotFoundError(f"{name}: no label maps found")
+            raise MissingFileError(f"{name}: no label maps found")
         self.name = name
         self.images = images
         self.labels = labels
@@ -175,7 +176,7 @@ class LabelMapSource:
 
 
 def _part_name(raw: str, strip_suffix: bool) -> str | tuple[str, str]:
-    """"obj:part" -> (obj, part); a plain name stays a string; "_(...)" suffixes are removed if asked (PACO)."""
+    """ "obj:part" -> (obj, part); a plain name stays a string; "_(...)" suffixes are removed if asked (PACO)."""
     parts = raw.strip().split(":")
     if strip_suffix:
         parts = [p.split("_(")[0] for p in parts]
@@ -197,7 +198,7 @@ class PartSource:
 
     def __init__(self, name: str, annotation_path: str, image_root: str) -> None:
         if not os.path.isfile(annotation_path):
-            raise FileNotFoundError(f"{name}: annotation file not found: {annotation_path}")
+            raise MissingFileError(f"{name}: annotation file not found: {annotation_path}")
         with open(annotation_path, "rb") as f:
             try:
                 data: dict[str, Any] = json.loads(f.read())
@@ -276,20 +277,20 @@ def build_sem_seg_source(dataset_dir: str, name: str) -> LabelMapSource | PartSo
         images = sorted(glob.glob(os.path.join(image_dir, "*.jpg")))
         labels = [os.path.join(d, "ade20k", "annotations", "training", Path(p).stem + ".png") for p in images]
         if not images:
-            raise FileNotFoundError(f"ade20k: no *.jpg images in {image_dir}")
+            raise MissingFileError(f"ade20k: no *.jpg images in {image_dir}")
         return LabelMapSource(name, images, labels, ade20k_classes())
     if name == "cocostuff":
         label_dir = os.path.join(d, "cocostuff", "train2017")
         labels = sorted(glob.glob(os.path.join(label_dir, "*.png")))
         images = [os.path.join(d, "coco", "train2017", Path(p).stem + ".jpg") for p in labels]
         if not labels:
-            raise FileNotFoundError(f"cocostuff: no *.png label maps in {label_dir}")
+            raise MissingFileError(f"cocostuff: no *.png label maps in {label_dir}")
         return LabelMapSource(name, images, labels, cocostuff_classes())
     if name == "mapillary":
         root = os.path.join(d, "mapillary")
         config = os.path.join(root, "config_v2.0.json")
         if not os.path.isfile(config):
-            raise FileNotFoundError(f"mapillary: class config not found: {config}")
+            raise MissingFileError(f"mapillary: class config not found: {config}")
         with open(config, "rb") as f:
             try:
                 classes = [str(c["readable"]).lower() for c in json.loads(f.read())["labels"]]
@@ -299,7 +300,7 @@ def build_sem_seg_source(dataset_dir: str, name: str) -> LabelMapSource | PartSo
         labels = sorted(glob.glob(os.path.join(label_dir, "*.png")))
         images = [os.path.join(root, "training", "images", Path(p).stem + ".jpg") for p in labels]
         if not labels:
-            raise FileNotFoundError(f"mapillary: no *.png label maps in {label_dir}")
+            raise MissingFileError(f"mapillary: no *.png label maps in {label_dir}")
         return LabelMapSource(name, images, labels, classes)
     if name == "paco_lvis":
         ann = os.path.join(d, "vlpart", "paco", "annotations", "paco_lvis_v1_train.json")
@@ -308,7 +309,7 @@ def build_sem_seg_source(dataset_dir: str, name: str) -> LabelMapSource | PartSo
         root = os.path.join(d, "vlpart", "pascal_part")
         image_root = os.path.join(root, "VOCdevkit", "VOC2010", "JPEGImages")
         return PartSource(name, os.path.join(root, "train.json"), image_root)
-    raise ValueError(f"unknown semantic segmentation dataset {name!r}; expected one of {list(SEM_SEG_DATASETS)}")
+    raise ConfigError(f"unknown semantic segmentation dataset {name!r}; expected one of {list(SEM_SEG_DATASETS)}")
 
 
 class SemSegDataset:
@@ -388,4 +389,3 @@ class SemSegDataset:
                 meta = {"query": neg, "exists": False, "mode": mode, "source": ds}
                 queries.append(Query(single_turn(question, answer), empty_masks(h, w), meta))
         return Sample(drawn.image, drawn.image_path, queries, ds)
-

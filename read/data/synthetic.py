@@ -72,7 +72,6 @@ __all__ = [
     "explanation_of",
     "region_name",
     "referring_queries",
-    "chance_scores",
     "write_split",
     "make_synthetic",
 ]
@@ -475,9 +474,7 @@ def generate_scene(
         target = objects[query.target]
         polygons = mask_to_polygons(target.visible)
         shapes = [{"label": "target", "points": poly} for poly in polygons]
-        if not shapes or not np.array_equal(
-            reason_seg_mask(shapes, cfg.image_size, cfg.image_size), target.visible
-        ):
+        if not shapes or not np.array_equal(reason_seg_mask(shapes, cfg.image_size, cfg.image_size), target.visible):
             continue  # e.g. a visible region with a hole: polygons cannot describe it exactly
         k = int(rng.integers(cfg.texts_per_image[0], cfg.texts_per_image[1] + 1))
         order = rng.permutation(len(query.texts))[: max(1, min(k, len(query.texts)))]
@@ -604,54 +601,3 @@ def make_synthetic(
     with open(os.path.join(out, "reason_seg", "ReasonSeg", "synthetic_config.json"), "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=2)
     return counts
-
-
-def chance_scores(dataset_dir: str, split: str = "val") -> dict[str, Any]:
-    """What segmenting without understanding the query scores on a written split: the floor a trained model must
-    clear. The scenes are redrawn from ``synthetic_config.json`` (generation is deterministic).
-
-    Returns:
-        {"random_object": {"giou", "ciou"} (the expectation when one of the scene's objects is picked uniformly),
-        "all_objects": {"giou", "ciou"} (the union of every object), "num_images": int}, also per "short" / "long".
-    """
-    from read.metrics import intersection_union, mask_iou
-
-    root = os.path.join(dataset_dir, "reason_seg", "ReasonSeg")
-    meta_path = os.path.join(root, "synthetic_config.json")
-    if not os.path.isfile(meta_path):
-        raise FileNotFoundError(f"{meta_path} not found: chance scores need a dataset written by make_synthetic")
-    with open(meta_path, encoding="utf-8") as f:
-        meta = json.load(f)
-    raw = dict(meta["config"])
-    for key in ("num_objects", "object_size", "texts_per_image", "colors", "shapes"):
-        raw[key] = tuple(raw[key])
-    raw["holdout"] = tuple(tuple(c) for c in raw["holdout"])
-    cfg = SyntheticConfig(**raw)
-    acc = {g: {"random_object": [[], 0.0, 0.0], "all_objects": [[], 0.0, 0.0]} for g in ("overall", "short", "long")}
-    num = int(meta["counts"].get(split, 0))
-    for i in range(num):
-        _, annotation, objects = generate_scene(cfg, split, i, int(meta["seed"]))
-        target = objects[annotation["synthetic"]["target"]].visible
-        groups = ("overall", "long" if annotation["is_sentence"] else "short")
-        # Expected intersection/union of a uniformly random pick: their means over the objects.
-        pairs = [intersection_union(o.visible, target) for o in objects]
-        ious = [mask_iou(inter, union) for inter, union in pairs]
-        exp_i = float(np.mean([p[0] for p in pairs]))
-        exp_u = float(np.mean([p[1] for p in pairs]))
-        union_all = np.any([o.visible for o in objects], axis=0)
-        ui, uu = intersection_union(union_all, target)
-        for g in groups:
-            acc[g]["random_object"][0].append(float(np.mean(ious)))
-            acc[g]["random_object"][1] += exp_i
-            acc[g]["random_object"][2] += exp_u
-            acc[g]["all_objects"][0].append(mask_iou(ui, uu))
-            acc[g]["all_objects"][1] += ui
-            acc[g]["all_objects"][2] += uu
-    out: dict[str, Any] = {"num_images": num}
-    for g, by_name in acc.items():
-        out[g] = {
-            name: {"giou": float(np.mean(v[0])) if v[0] else float("nan"), "ciou": v[1] / v[2] if v[2] else 0.0,
-                   "num_masks": len(v[0])}
-            for name, v in by_name.items()
-        }  # fmt: skip
-    return out

@@ -88,9 +88,7 @@ def _encode_prompt(
 
 
 @functools.lru_cache(maxsize=64)
-def _encode_first_chunk(
-    tokenizer: ReadTokenizer, chunk: str
-) -> tuple[tuple[int, ...], tuple[tuple[int, int], ...]]:
+def _encode_first_chunk(tokenizer: ReadTokenizer, chunk: str) -> tuple[tuple[int, ...], tuple[tuple[int, int], ...]]:
     """``tokenizer.encode_with_offsets(chunk, add_bos=True)``, memoised (immutable results)."""
     ids, offsets = tokenizer.encode_with_offsets(chunk, add_bos=True)
     return tuple(ids), tuple((int(s), int(e)) for s, e in offsets)

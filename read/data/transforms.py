@@ -30,6 +30,8 @@ __all__ = [
     "ImageLoadError",
     "PreprocessedImage",
     "ImagePreprocessor",
+    "check_complete",
+    "image_size",
     "load_image",
     "clip_preprocess",
     "sam_resized_size",
@@ -39,6 +41,36 @@ __all__ = [
 
 class ImageLoadError(DataError):
     """An image file is missing, unreadable or not an image; the message names the file."""
+
+
+_JPEG_START = b"\xff\xd8"
+_JPEG_SCAN = b"\xff\xda"  # start of scan: cannot occur inside entropy-coded data (0xFF bytes there are stuffed)
+_JPEG_END = b"\xff\xd9"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"IEND"
+# EXIF orientations that turn the picture by 90 degrees; OpenCV applies the orientation when it decodes.
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def check_complete(path: str, data: bytes) -> None:
+    """Raise :class:`ImageLoadError` if a JPEG or PNG file is cut short.
+
+    OpenCV decodes a truncated JPEG without an error (libjpeg fills the missing rows with grey and only prints
+    "Premature end of JPEG file", without the file name). A complete JPEG has an end-of-image marker after its last
+    scan; a complete PNG has an ``IEND`` chunk. Other formats are left to the decoder.
+
+    Arguments:
+        path: the file, for the message.
+        data: its bytes.
+    """
+    if data.startswith(_JPEG_START):
+        last_scan = data.rfind(_JPEG_SCAN)
+        if last_scan < 0 or data.find(_JPEG_END, last_scan + 2) < 0:
+            raise ImageLoadError(
+                f"{path}: truncated JPEG (no end-of-image marker after the image data); download or copy the file again"
+            )
+    elif data.startswith(_PNG_SIGNATURE) and data.rfind(_PNG_END) < 0:
+        raise ImageLoadError(f"{path}: truncated PNG (no IEND chunk); download or copy the file again")
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
@@ -51,11 +83,15 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         (H, W, 3) uint8 RGB array.
 
     Raises:
-        ImageLoadError: the file does not exist or cannot be decoded.
+        ImageLoadError: the file does not exist, is truncated (:func:`check_complete`) or cannot be decoded.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ImageLoadError(f"{path} is a directory, not an image file")
     if not os.path.isfile(path):
         raise ImageLoadError(f"image file not found: {path}")
+    with open(path, "rb") as f:
+        check_complete(path, f.read())
     bgr = cv2.imread(path, cv2.IMREAD_COLOR)
     if bgr is not None and bgr.size > 0:
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
@@ -66,11 +102,53 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         raise ImageLoadError(f"cannot decode image {path}: {type(e).__name__}: {e}") from e
 
 
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(H, W) of the array :func:`load_image` returns, read from the file header (no decoding).
+
+    Raises:
+        ImageLoadError: the file does not exist or its header is not an image's.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ImageLoadError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            orientation = im.getexif().get(0x0112, 1)
+    except Exception as e:  # PIL raises several unrelated exception types for broken files
+        raise ImageLoadError(f"cannot read the header of image {path}: {type(e).__name__}: {e}") from e
+    return (w, h) if orientation in _TRANSPOSING_ORIENTATIONS else (h, w)
+
+
 def _check_rgb(image: np.ndarray) -> None:
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got shape {image.shape} dtype {image.dtype}")
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise ValueError(f"empty image of shape {image.shape}")
+
+
+def clip_crop_geometry(height: int, width: int, size: int) -> tuple[int, int, int, int]:
+    """Geometry of the CLIP processor's "resize the shortest side, then centre-crop a square" at ``size``.
+
+    As transformers' ``CLIPImageProcessor`` (``get_resize_output_image_size(default_to_square=False)`` and
+    ``center_crop``): the shortest side becomes exactly ``size``, the longest ``int(size * long / short)``, and the
+    crop starts at ``(resized - size) // 2`` on each axis, so an odd excess leaves the extra row/column at the
+    bottom/right. It is what :func:`clip_preprocess` does, and SasP's ``"clip"`` geometry undoes it
+    (:func:`read.model.sasp.pad_geometry`).
+
+    Arguments:
+        height, width: original image size in pixels.
+        size: side of the square crop (CLIP input side, or the coarse grid side for map B).
+
+    Returns:
+        (resized_height, resized_width, top, left): the resized image before the crop and the crop offsets; undoing
+        the crop pads ``top`` rows above, ``resized_height - size - top`` below, and likewise for columns.
+    """
+    if width <= height:
+        new_w, new_h = size, int(size * height / width)
+    else:
+        new_h, new_w = size, int(size * width / height)
+    return new_h, new_w, (new_h - size) // 2, (new_w - size) // 2
 
 
 def clip_preprocess(image: np.ndarray, size: int) -> Tensor:
@@ -84,12 +162,8 @@ def clip_preprocess(image: np.ndarray, size: int) -> Tensor:
         (3, size, size) float32.
     """
     _check_rgb(image)
-    h, w = image.shape[:2]
-    short, long = (w, h) if w <= h else (h, w)
-    new_long = int(size * long / short)
-    new_h, new_w = (new_long, size) if w <= h else (size, new_long)
+    new_h, new_w, top, left = clip_crop_geometry(image.shape[0], image.shape[1], size)
     resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), resample=Image.BICUBIC))
-    top, left = (new_h - size) // 2, (new_w - size) // 2
     crop = resized[top : top + size, left : left + size]
     x = (crop.astype(np.float64) * (1 / 255)).astype(np.float32)
     x = (x - np.array(CLIP_MEAN, dtype=np.float32)) / np.array(CLIP_STD, dtype=np.float32)

@@ -14,6 +14,7 @@ import numpy as np
 from read.constants import IMAGE_TOKEN
 from read.data.sample import ASSISTANT, USER, DataError, Message, Query, Sample, empty_masks
 from read.data.transforms import load_image
+from read.errors import MissingFileError
 
 __all__ = ["vqa_messages", "VQADataset"]
 
@@ -60,7 +61,7 @@ class VQADataset:
         self.json_path = os.path.join(dataset_dir, "llava_dataset", f"{vqa_data}.json")
         self.image_root = os.path.join(dataset_dir, "coco", "train2017")
         if not os.path.isfile(self.json_path):
-            raise FileNotFoundError(f"vqa: conversation file not found: {self.json_path}")
+            raise MissingFileError(f"vqa: conversation file not found: {self.json_path}")
         with open(self.json_path, "rb") as f:
             try:
                 self.items = json.loads(f.read())

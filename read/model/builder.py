@@ -16,14 +16,16 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-from read.config import ModelConfig, ReadConfig
+from read.config import ModelConfig, ReadConfig, fill_saved_defaults
+from read.errors import ConfigError, FileFormatError, MissingFileError
+from read.json_io import read_json_object
+from read.model.dtypes import resolve_dtype
 from read.model.read_model import ReadModel
-from read.model.sam import build_sam, load_sam_checkpoint
-from read.model.weights import load_state_dict_file
+from read.model.sam import build_sam, keep_prompt_encoder_fp32, load_sam_checkpoint
+from read.model.weights import load_checked_state_dict, load_state_dict_file
 
 logger = logging.getLogger(__name__)
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CONFIG_NAME = "read_config.json"
 WEIGHTS_NAME = "model.safetensors"
 
@@ -42,7 +44,9 @@ class LinearProjector(nn.Module):
 def build_seg_projector(hidden_size: int, out_dim: int) -> nn.Sequential:
     """The ``[SEG]`` head: Linear(H, H), ReLU, Linear(H, out_dim), Dropout(0). Indices 0 and 2 hold the
     weights, as ``text_hidden_fcs.0.{0,2}`` in the released checkpoints."""
-    return nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.ReLU(), nn.Linear(hidden_size, out_dim), nn.Dropout(0.0))
+    return nn.Sequential(
+        nn.Linear(hidden_size, hidden_size), nn.ReLU(), nn.Linear(hidden_size, out_dim), nn.Dropout(0.0)
+    )
 
 
 def build_llava_config(cfg: ModelConfig, vocab_size: int, image_token_id: int) -> LlavaConfig:
@@ -92,9 +96,9 @@ def build_point_prompter(cfg: ReadConfig) -> nn.Module | None:
     """SasP from the config, or None for the LISA baseline."""
     if not cfg.sasp.enabled:
         return None
-    from read.sasp import SasP
+    from read.model.sasp import SasP
 
-    return SasP.from_config(cfg.sasp, clip_size=cfg.model.vision.image_size)
+    return SasP(cfg.sasp, clip_size=cfg.model.vision.image_size)
 
 
 def build_read_model(cfg: ReadConfig, vocab_size: int, *, seg_token_id: int, image_token_id: int) -> ReadModel:
@@ -124,14 +128,14 @@ def build_read_model(cfg: ReadConfig, vocab_size: int, *, seg_token_id: int, ima
 def cast_model(model: ReadModel, dtype: str | torch.dtype) -> ReadModel:
     """Cast to ``dtype`` keeping SAM's prompt encoder in fp32 (its positional encoding fails in bf16) and the
     rotary-embedding frequencies in fp32 (bf16 frequencies shift the RoPE phase by ~0.7 rad at position 600)."""
-    torch_dtype = _DTYPES[dtype] if isinstance(dtype, str) else dtype
+    torch_dtype = resolve_dtype(dtype)
     rotary = {
         name: buf.detach().clone()
         for name, buf in model.named_buffers()
         if name.endswith("inv_freq") and buf.is_floating_point()
     }
     model.to(torch_dtype)
-    model.sam.prompt_encoder.float()
+    keep_prompt_encoder_fp32(model.sam)
     for name, buf in rotary.items():
         module_name, _, attr = name.rpartition(".")
         module = model.get_submodule(module_name)
@@ -147,9 +151,12 @@ def build_from_base(cfg: ReadConfig, tokenizer: Any) -> ReadModel:
     initialised as ``cfg.model.new_token_init`` says. llava-hf's own ``<image>``/``<pad>`` rows are dropped.
     """
     if not cfg.model.llava_path or not Path(cfg.model.llava_path).is_dir():
-        raise FileNotFoundError(f"model.llava_path must be a local LLaVA directory, got {cfg.model.llava_path!r}")
+        raise MissingFileError(f"model.llava_path must be a local LLaVA directory, got {cfg.model.llava_path!r}")
     base = LlavaForConditionalGeneration.from_pretrained(
-        cfg.model.llava_path, dtype=torch.float32, local_files_only=True, attn_implementation=cfg.model.attn_implementation
+        cfg.model.llava_path,
+        dtype=torch.float32,
+        local_files_only=True,
+        attn_implementation=cfg.model.attn_implementation,
     )
     base_state = base.state_dict()
     model = build_read_model(
@@ -160,7 +167,7 @@ def build_from_base(cfg: ReadConfig, tokenizer: Any) -> ReadModel:
     own = model.llava.state_dict()
     missing = [k for k in own if k not in base_state]
     if missing:
-        raise ValueError(f"{cfg.model.llava_path} lacks {len(missing)} LLaVA weights, e.g. {missing[:3]}")
+        raise FileFormatError(f"{cfg.model.llava_path} lacks {len(missing)} LLaVA weights, e.g. {missing[:3]}")
     for key, value in base_state.items():
         if key not in own:
             continue
@@ -173,7 +180,10 @@ def build_from_base(cfg: ReadConfig, tokenizer: Any) -> ReadModel:
                 rows[v0:].normal_(0.0, 0.02)
             continue
         if own[key].shape != value.shape:
-            raise ValueError(f"{key}: checkpoint shape {tuple(value.shape)} != configured {tuple(own[key].shape)}")
+            raise FileFormatError(
+                f"{cfg.model.llava_path}: {key} has shape {tuple(value.shape)}, the config gives "
+                f"{tuple(own[key].shape)}; make model.text / model.vision match the checkpoint"
+            )
         own[key].copy_(value)
     del base, base_state
     if cfg.model.sam_checkpoint:
@@ -213,7 +223,11 @@ def save_pretrained(model: ReadModel, directory: str | Path, tokenizer: Any | No
 def from_pretrained(
     directory: str | Path, *, dtype: str | None = None, overrides: dict[str, Any] | None = None
 ) -> ReadModel:
-    """Load a directory written by :func:`save_pretrained`, strictly.
+    """Load a directory written by :func:`save_pretrained`, strictly. Most callers want
+    :func:`read.model.load_model`, which also loads the tokenizer and published checkpoints.
+
+    A ``read_config.json`` without ``sasp.geometry`` (written before that setting existed) loads with the "clip"
+    geometry its model was trained with.
 
     Arguments:
         directory: the model directory.
@@ -223,24 +237,36 @@ def from_pretrained(
     """
     d = Path(directory)
     if not (d / CONFIG_NAME).is_file():
-        raise FileNotFoundError(f"{d} is not a READ model directory (no {CONFIG_NAME})")
-    meta = json.loads((d / CONFIG_NAME).read_text())
-    cfg_dict = meta["config"]
+        raise MissingFileError(f"{d} is not a READ model directory (no {CONFIG_NAME})")
+    meta = _read_model_meta(d / CONFIG_NAME)
+    # a read_config.json written before sasp.geometry existed: the model was trained with the "clip" geometry
+    cfg_dict = fill_saved_defaults(meta["config"])
     if overrides:
         from read.config import _merge
 
         cfg_dict = _merge(cfg_dict, overrides)
-    cfg = ReadConfig.from_dict(cfg_dict)
+    try:
+        cfg = ReadConfig.from_dict(cfg_dict)
+    except ConfigError as e:
+        source = f"{d / CONFIG_NAME} with the overrides" if overrides else str(d / CONFIG_NAME)
+        raise ConfigError(f"{source}: {e}") from e
     if dtype is not None:
         cfg.model.dtype = dtype  # type: ignore[assignment]
+    state = load_state_dict_file(d / WEIGHTS_NAME)  # a broken file fails before the model is built
     model = build_read_model(
         cfg, meta["vocab_size"], seg_token_id=meta["seg_token_id"], image_token_id=meta["image_token_id"]
     )
-    state = load_state_dict_file(d / WEIGHTS_NAME)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{d / WEIGHTS_NAME} does not match its config: {len(missing)} missing (e.g. {missing[:3]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"
-        )
+    hint = f"it was not written together with {CONFIG_NAME}: export the model again"
+    load_checked_state_dict(model, state, str(d / WEIGHTS_NAME), hint=hint)
     return cast_model(model, cfg.model.dtype)
+
+
+def _read_model_meta(path: Path) -> dict[str, Any]:
+    """``read_config.json``: the config and the vocabulary ids, checked to be there."""
+    meta = read_json_object(path)
+    keys = ("config", "vocab_size", "seg_token_id", "image_token_id")
+    if any(k not in meta for k in keys):
+        raise FileFormatError(f"{path}: expected an object with {', '.join(keys)} (as save_pretrained writes it)")
+    if not all(isinstance(meta[k], int) and not isinstance(meta[k], bool) and meta[k] >= 0 for k in keys[1:]):
+        raise FileFormatError(f"{path}: vocab_size, seg_token_id and image_token_id must be non-negative integers")
+    return meta

@@ -3,27 +3,51 @@
 ``ReadModel`` composes finished modules (transformers' ``LlavaForConditionalGeneration``, pip ``Sam``, the
 head and an optional ``SasP`` prompter); :mod:`read.model.builder` assembles them from a config.
 
-Which hidden state is the mask prompt [PARITY, SPEC 1.3]: the last-layer (post-norm) hidden state at the
+Which hidden state is the mask prompt (docs/reference.md#mask-prompt): the last-layer (post-norm) hidden state at the
 position that *predicts* ``[SEG]``, i.e. position q with ``input_ids[q + 1] == seg_token_id``. Image-token
 states are found by id (``input_ids == image_token_id``), never by offset arithmetic.
+
+The LM's classes are the token ids below ``<image>``: transformers' Llava needs that per-patch placeholder (the last
+id of the vocabulary, one more than READ's), but it is no word. :func:`text_only_logits` leaves its ``lm_head``
+column (and any padding columns after it) out of the cross-entropy and out of generation, so the loss is READ's,
+over READ's vocabulary, and the placeholder row of ``lm_head`` gets no gradient.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from torch import Tensor, nn
 from transformers import LlavaForConditionalGeneration
 
 from read.batch import ReadBatch
 from read.config import ReadConfig
-from read.constants import IGNORE_INDEX
-from read.losses import mask_losses, query_word_loss
+from read.model.losses import read_losses
 from read.model.sam import decode_masks_batched, to_sam_frame
-from read.sasp import similarity_map
+from read.model.sasp import similarity_map
+
+
+@dataclass
+class MaskPrediction:
+    """What :meth:`ReadModel.predict_masks` returns. Per-row lists have one entry per row (R entries).
+
+    Attributes:
+        masks: per row, (k_r, H, W) fp32 mask logits at the original image size, one per ``[SEG]`` of the row.
+        point_coords: per row, (k_r, P, 2) SasP points (x, y) in original-image pixels (P = 0 without SasP).
+        point_labels: per row, (k_r, P) point labels in {1, 0, -1}.
+        similarity: per row, (k_r, N) similarity maps (N = 0 without SasP).
+        prompts: (K, out_dim) projected ``[SEG]`` prompts of the whole batch, row-major (row 0's first).
+    """
+
+    masks: list[Tensor]
+    point_coords: list[Tensor]
+    point_labels: list[Tensor]
+    similarity: list[Tensor]
+    prompts: Tensor
 
 
 @dataclass
@@ -34,8 +58,9 @@ class ReadOutput:
         loss: weighted total (None without labels / masks).
         ce_loss, bce_loss, dice_loss: the unweighted parts (None where not computed).
         query_loss: the unweighted query-word loss (``loss.query_weight > 0`` and ``batch.query_ids`` given; not in
-            READ, see ``read.losses.query_word_loss``), else None.
-        logits: (R, L, V) LM logits; None when the pass was asked for none (``return_logits=False``, no labels).
+            READ, see ``read.model.losses.query_word_loss``), else None.
+        logits: (R, L, V) LM logits over the whole ``lm_head`` (the ``<image>`` column included; see
+            :func:`text_only_logits`); None when the pass was asked for none (``return_logits=False``, no labels).
         pred_masks: R tensors (k_r, H, W) float32 mask logits at the original image size, one per ``[SEG]``.
         point_coords: R tensors (k_r, P, 2) SasP points (x, y) in original-image pixels (P = 0 without SasP).
         point_labels: R tensors (k_r, P) point labels in {1, 0, -1}.
@@ -55,6 +80,22 @@ class ReadOutput:
     similarity: list[Tensor] = field(default_factory=list)
     num_masks: int = 0
     query_loss: Tensor | None = None
+
+
+def text_only_logits(logits: Tensor, image_token_id: int) -> Tensor:
+    """LM logits restricted to the text vocabulary: the ``<image>`` placeholder's column and every column after it
+    (padding rows of a resized ``lm_head``) become -inf, so they take no probability, win no argmax and pass no
+    gradient back to their ``lm_head`` rows. The loss and generation both go through this function.
+
+    Arguments:
+        logits: (..., V) logits over the whole ``lm_head``.
+        image_token_id: id of ``<image>``, the last token of the vocabulary.
+
+    Returns:
+        (..., V) logits, a new tensor (column indices are still token ids).
+    """
+    columns = torch.arange(logits.shape[-1], device=logits.device)
+    return logits.masked_fill(columns >= image_token_id, float("-inf"))
 
 
 def seg_prompt_mask(input_ids: Tensor, seg_token_id: int) -> Tensor:
@@ -91,8 +132,7 @@ def image_token_states(hidden: Tensor, input_ids: Tensor, image_token_id: int, n
     counts = is_image.sum(1)
     if not bool((counts == num_tokens).all()):
         raise ValueError(
-            f"every row must contain exactly {num_tokens} image tokens (id {image_token_id}); "
-            f"found {counts.tolist()}"
+            f"every row must contain exactly {num_tokens} image tokens (id {image_token_id}); found {counts.tolist()}"
         )
     return hidden[is_image].view(input_ids.shape[0], num_tokens, hidden.shape[-1])
 
@@ -218,7 +258,7 @@ class ReadModel(nn.Module):
         sam_embeddings: Tensor,
         original_sizes: list[tuple[int, int]],
         resized_sizes: list[tuple[int, int]],
-    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor], Tensor]:
+    ) -> MaskPrediction:
         """One mask per ``[SEG]`` in each row.
 
         Arguments:
@@ -229,8 +269,7 @@ class ReadModel(nn.Module):
             original_sizes, resized_sizes: B pairs (H, W) / (h, w).
 
         Returns:
-            per-row lists of masks (k_r, H, W), point coords (k_r, P, 2), point labels (k_r, P), similarity
-            maps (k_r, N); and the (K, out_dim) projected ``[SEG]`` prompts, row-major (row 0's first).
+            :class:`MaskPrediction`: per-row masks, points and similarity maps, and the projected prompts.
         """
         rows = input_ids.shape[0]
         prompt_pos = seg_prompt_mask(input_ids, self.seg_token_id)  # (R, L)
@@ -252,12 +291,11 @@ class ReadModel(nn.Module):
             image_hidden = image_token_states(hidden, input_ids, self.image_token_id, n)[seg_rows]  # (K, N, C)
             prompts = self.point_prompter(image_hidden, seg_hidden, seg_original)
             coords, labels_out, sims = prompts.coords, prompts.labels, prompts.sim
-            coords_sam = torch.stack(
-                [to_sam_frame(coords[j], seg_original[j], seg_resized[j]) for j in range(k_total)]
-            )
+            coords_sam = torch.stack([to_sam_frame(coords[j], seg_original[j], seg_resized[j]) for j in range(k_total)])
             labels = labels_out
         elif k_total > 0:
-            # LISA: nothing prompts SAM with it, but the [SEG] state has the same similarity map (read.pointing)
+            # LISA: nothing prompts SAM with it, but the [SEG] state has the same similarity map
+            # (read.evaluation.pointing)
             with torch.no_grad():
                 image_hidden = image_token_states(hidden, input_ids, self.image_token_id, n)[seg_rows]
                 sims = similarity_map(image_hidden, seg_hidden).float()
@@ -278,7 +316,7 @@ class ReadModel(nn.Module):
             out_coords.append(coords[idx])
             out_labels.append(labels_out[idx])
             out_sims.append(sims[idx])
-        return out_masks, out_coords, out_labels, out_sims, seg_embeddings
+        return MaskPrediction(out_masks, out_coords, out_labels, out_sims, seg_embeddings)
 
     # ------------------------------------------------------------------------------------------------------
     # forward
@@ -307,46 +345,34 @@ class ReadModel(nn.Module):
             sam_embeddings = self.encode_sam_images(batch.sam_images)
         hidden = self.language_forward(batch.input_ids, batch.attention_mask, image_features[batch.image_index])
         logits = self.llava.lm_head(hidden) if return_logits or batch.labels is not None else None  # (R, L, V)
-        masks, coords, labels, sims, prompts = self.predict_masks(
+        pred = self.predict_masks(
             hidden, batch.input_ids, batch.image_index, sam_embeddings, batch.original_sizes, batch.resized_sizes
         )
-
-        weights = self.config.loss
-        ce = bce = dice = None
-        num_masks = 0
-        total: Tensor | None = None
-        if batch.labels is not None:
-            ce = causal_lm_loss(logits, batch.labels)
-            total = weights.ce_weight * ce
-        if batch.gt_masks is not None:
-            for r, (p, g) in enumerate(zip(masks, batch.gt_masks)):
-                if p.shape[0] != g.shape[0]:
-                    raise ValueError(
-                        f"row {r}: {p.shape[0]} [SEG] token(s) in the input but {g.shape[0]} ground-truth mask(s)"
-                    )
-            bce, dice, num_masks = mask_losses(masks, batch.gt_masks)
-            mask_total = weights.bce_weight * bce + weights.dice_weight * dice
-            total = mask_total if total is None else total + mask_total
-        query = None
-        if weights.query_weight > 0 and batch.query_ids is not None:
-            if self.query_head is None:
-                raise ValueError("loss.query_weight > 0 needs the model's query_head (build it with that config)")
-            per_row = torch.tensor([m.shape[0] for m in masks], device=batch.query_ids.device)  # [SEG]s per row
-            query_ids = batch.query_ids.repeat_interleave(per_row, dim=0)  # (K, Q), in the prompts' row-major order
-            query, _ = query_word_loss(self.query_head(prompts), query_ids)
-            total = weights.query_weight * query if total is None else total + weights.query_weight * query
+        text_logits = text_only_logits(logits, self.image_token_id) if batch.labels is not None else None
+        use_query = self.config.loss.query_weight > 0 and batch.query_ids is not None
+        if use_query and self.query_head is None:
+            raise ValueError("loss.query_weight > 0 needs the model's query_head (build it with that config)")
+        losses = read_losses(
+            self.config.loss,
+            text_logits,
+            batch.labels,
+            pred.masks,
+            batch.gt_masks,
+            self.query_head(pred.prompts) if use_query else None,
+            batch.query_ids,
+        )
         return ReadOutput(
-            loss=total,
-            ce_loss=ce,
-            bce_loss=bce,
-            dice_loss=dice,
+            loss=losses.total,
+            ce_loss=losses.ce,
+            bce_loss=losses.bce,
+            dice_loss=losses.dice,
             logits=logits,
-            pred_masks=masks,
-            point_coords=coords,
-            point_labels=labels,
-            similarity=sims,
-            num_masks=num_masks,
-            query_loss=query,
+            pred_masks=pred.masks,
+            point_coords=pred.point_coords,
+            point_labels=pred.point_labels,
+            similarity=pred.similarity,
+            num_masks=losses.num_masks,
+            query_loss=losses.query,
         )
 
     # ------------------------------------------------------------------------------------------------------
@@ -357,65 +383,223 @@ class ReadModel(nn.Module):
         self,
         batch: ReadBatch,
         max_new_tokens: int = 512,
-        eos_token_id: int = 2,
+        eos_token_id: int | None = 2,
         pad_token_id: int = 0,
         image_features: Tensor | None = None,
         sam_embeddings: Tensor | None = None,
+        use_cache: bool = True,
     ) -> tuple[Tensor, ReadOutput]:
-        """Greedy decoding with a KV cache, then one teacher-forced pass over prompt + answer for the masks.
+        """Greedy answers, then one mask per generated ``[SEG]``.
 
-        [FIX] The reference decodes without a cache (O(L^2)) so that ``generate`` returns the full hidden
-        states; here the masks come from a second forward over the finished sequences, which gives the same
-        states up to numerical noise.
+        Decoding (``use_cache=True``): one pass over the prompts fills a KV cache, then every step feeds only the
+        new token of each row. A row stops at its EOS and leaves the batch at once (its cache rows are dropped), so
+        no work is spent on finished rows; decoding ends when no row is left or after ``max_new_tokens``.
+        ``use_cache=False`` decodes as the reference does (READ's ``evaluate``): every step runs the language model
+        over the whole sequence, and the masks come from the states of the last step.
+
+        Masks (``use_cache=True``): [FIX] the reference reads the ``[SEG]`` states from the uncached last decoding
+        step; here one teacher-forced pass over prompt + answer (right-padded, as teacher-forced evaluation) gives
+        the same states, for the rows that generated a ``[SEG]`` only: at batch 1 bit for bit, in a batch up to
+        float rounding. The decoding states themselves are not used, because cached and uncached arithmetic differ
+        in the last bits. SAM's image encoder runs only for the images of those rows (unless ``sam_embeddings`` is
+        given): an answer without ``[SEG]`` has an empty mask.
 
         Arguments:
             batch: prompts ending in "ASSISTANT:", left-padded; labels/gt_masks are ignored.
+            max_new_tokens: the longest answer, EOS included.
+            eos_token_id: ends a row; None decodes exactly ``max_new_tokens`` tokens per row (fixed-length timing).
+            pad_token_id: fills each row after its EOS.
             image_features, sam_embeddings: optional cached encoder outputs (see :meth:`forward`).
+            use_cache: False re-encodes the whole sequence at every step (the reference's way, for comparisons).
 
         Returns:
-            (new_tokens (R, T) with ``pad_token_id`` after each row's end, output of the mask pass).
+            (new_tokens (R, T) with ``pad_token_id`` after each row's EOS, T = the longest answer; the masks as a
+            :class:`ReadOutput` without logits or losses).
         """
         batch.validate()
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if image_features is None:
             image_features = self.encode_images(batch.pixel_values)
-        if sam_embeddings is None:
-            sam_embeddings = self.encode_sam_images(batch.sam_images)
-        inputs_embeds = self.embed_inputs(batch.input_ids, image_features[batch.image_index])
-        new_tokens = self.llava.generate(
-            inputs_embeds=inputs_embeds,
-            attention_mask=batch.attention_mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            eos_token_id=eos_token_id,
-            pad_token_id=pad_token_id,
-        )  # (R, T): with inputs_embeds only, generate returns the new tokens
-        is_eos = new_tokens == eos_token_id
-        after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0  # strictly after the first EOS
-        new_tokens = new_tokens.masked_fill(after_eos, pad_token_id)
-        full_ids = torch.cat([batch.input_ids, new_tokens], 1)
-        full_mask = torch.cat([batch.attention_mask, (~after_eos).long()], 1)
-        mask_batch = ReadBatch(
-            pixel_values=batch.pixel_values,
-            sam_images=batch.sam_images,
-            input_ids=full_ids,
-            attention_mask=full_mask,
-            image_index=batch.image_index,
-            original_sizes=batch.original_sizes,
-            resized_sizes=batch.resized_sizes,
-            meta=batch.meta,
+        features = image_features[batch.image_index]  # (R, N, C)
+        if use_cache:
+            new_tokens = self._decode_cached(batch, features, max_new_tokens, eos_token_id, pad_token_id)
+            return new_tokens, self._answer_masks(batch, new_tokens, features, sam_embeddings, eos_token_id)
+        new_tokens, hidden = self._decode_uncached(batch, features, max_new_tokens, eos_token_id, pad_token_id)
+        return new_tokens, self._answer_masks(batch, new_tokens, features, sam_embeddings, eos_token_id, hidden)
+
+    def _next_tokens(self, hidden: Tensor) -> Tensor:
+        """Greedy choice from last-layer states (R, C): (R,) token ids."""
+        logits = text_only_logits(self.llava.lm_head(hidden), self.image_token_id)  # (R, V)
+        return logits.argmax(-1)
+
+    def _decode_cached(
+        self, batch: ReadBatch, features: Tensor, max_new_tokens: int, eos: int | None, pad: int
+    ) -> Tensor:
+        """Greedy decoding with a KV cache; finished rows leave the batch. Returns (R, T) new tokens."""
+        lm = self.llava.model.language_model
+        mask = batch.attention_mask
+        rows = mask.shape[0]
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens count from 0
+        out = lm(
+            inputs_embeds=self.embed_inputs(batch.input_ids, features),
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
         )
-        return new_tokens, self.forward(mask_batch, image_features=image_features, sam_embeddings=sam_embeddings)
+        cache = _returned_cache(out)
+        tokens = torch.full((rows, max_new_tokens), pad, dtype=torch.long, device=mask.device)
+        live = torch.arange(rows, device=mask.device)  # the original row of each row still decoding
+        next_position = mask.long().sum(1)  # (live,) position of the token fed next
+        token = self._next_tokens(out.last_hidden_state[:, -1])  # (live,)
+        steps = max_new_tokens
+        for step in range(max_new_tokens):
+            tokens[live, step] = token
+            if step == max_new_tokens - 1:
+                break
+            if eos is not None:
+                going = token != eos
+                if not bool(going.all()):
+                    keep = going.nonzero()[:, 0]
+                    if keep.numel() == 0:
+                        steps = step + 1
+                        break
+                    cache.reorder_cache(keep)
+                    live, token, mask, next_position = live[keep], token[keep], mask[keep], next_position[keep]
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
+            out = lm(
+                input_ids=token[:, None],
+                attention_mask=mask,
+                position_ids=next_position[:, None],
+                use_cache=True,
+                **{_cache_argument(lm): cache},
+            )
+            next_position = next_position + 1
+            token = self._next_tokens(out.last_hidden_state[:, -1])
+        return tokens[:, :steps]
+
+    def _decode_uncached(
+        self, batch: ReadBatch, features: Tensor, max_new_tokens: int, eos: int | None, pad: int
+    ) -> tuple[Tensor, Tensor]:
+        """Greedy decoding that runs the LM over the whole sequence at every step (the reference's way).
+
+        Returns:
+            (new_tokens (R, T), the last step's hidden states (R, L + T - 1, C): the states of prompt + answer
+            without its last token).
+        """
+        ids, mask = batch.input_ids, batch.attention_mask
+        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+        tokens = []
+        for _ in range(max_new_tokens):
+            hidden = self.language_forward(ids, mask, features)  # (R, L, C)
+            token = torch.where(done, torch.full_like(done, pad, dtype=torch.long), self._next_tokens(hidden[:, -1]))
+            tokens.append(token)
+            ids = torch.cat([ids, token[:, None]], 1)
+            mask = torch.cat([mask, (~done).long()[:, None]], 1)
+            if eos is not None:
+                done = done | (token == eos)
+                if bool(done.all()):
+                    break
+        return torch.stack(tokens, 1), hidden
+
+    def _answer_masks(
+        self,
+        batch: ReadBatch,
+        new_tokens: Tensor,
+        features: Tensor,
+        sam_embeddings: Tensor | None,
+        eos: int | None,
+        hidden: Tensor | None = None,
+    ) -> ReadOutput:
+        """One mask per generated ``[SEG]``, computed for the rows that have one.
+
+        Arguments:
+            new_tokens: (R, T) answers (``pad`` after EOS).
+            features: (R, N, C) image features of each row.
+            hidden: the uncached decoder's last states (R, L + T - 1, C) over the left-padded prompt + answer;
+                None runs a teacher-forced pass over prompt + answer (right-padded) instead.
+        """
+        rows, prompt_len = batch.input_ids.shape
+        if eos is not None:
+            is_eos = new_tokens == eos
+            after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0  # strictly after the first EOS
+        else:
+            after_eos = torch.zeros_like(new_tokens, dtype=torch.bool)
+        seg_rows = ((new_tokens == self.seg_token_id) & ~after_eos).any(1).nonzero()[:, 0]  # (S,)
+        images = batch.image_index[seg_rows].unique()  # sorted images of those rows
+        empty = [
+            torch.zeros(0, *batch.original_sizes[int(batch.image_index[r])], dtype=torch.float32) for r in range(rows)
+        ]
+        masks: list[Tensor] = [e.to(features.device) for e in empty]
+        coords = [features.new_zeros(0, 0, 2, dtype=torch.float32) for _ in range(rows)]
+        labels = [torch.zeros(0, 0, dtype=torch.long, device=features.device) for _ in range(rows)]
+        sims = [features.new_zeros(0, 0, dtype=torch.float32) for _ in range(rows)]
+        if seg_rows.numel() > 0:
+            if hidden is None:
+                real = torch.cat([batch.attention_mask.bool(), ~after_eos], 1)  # (R, L + T)
+                full = torch.cat([batch.input_ids, new_tokens], 1)[seg_rows]
+                ids, attention = _right_align(full, real[seg_rows], pad=0)
+                hidden_rows = self.language_forward(ids, attention, features[seg_rows])
+            else:
+                ids = torch.cat([batch.input_ids, new_tokens], 1)[seg_rows]
+                last = hidden[seg_rows]
+                hidden_rows = torch.cat([last, last.new_zeros(last.shape[0], 1, last.shape[2])], 1)  # align with ids
+                ids = ids[:, : hidden_rows.shape[1]]
+            if sam_embeddings is None:
+                sam_of_images = self.encode_sam_images(batch.sam_images[images])
+            else:
+                sam_of_images = sam_embeddings[images]
+            local_image = torch.searchsorted(images, batch.image_index[seg_rows])  # (S,) index into ``images``
+            picked = images.tolist()
+            out = self.predict_masks(
+                hidden_rows,
+                ids,
+                local_image,
+                sam_of_images,
+                [batch.original_sizes[i] for i in picked],
+                [batch.resized_sizes[i] for i in picked],
+            )
+            for j, r in enumerate(seg_rows.tolist()):
+                masks[r], coords[r] = out.masks[j], out.point_coords[j]
+                labels[r], sims[r] = out.point_labels[j], out.similarity[j]
+        return ReadOutput(
+            loss=None,
+            ce_loss=None,
+            bce_loss=None,
+            dice_loss=None,
+            logits=None,
+            pred_masks=masks,
+            point_coords=coords,
+            point_labels=labels,
+            similarity=sims,
+        )
 
 
-def causal_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Token-averaged next-token cross-entropy over the positions whose label is not IGNORE_INDEX.
+def _right_align(ids: Tensor, real: Tensor, pad: int) -> tuple[Tensor, Tensor]:
+    """Move each row's real tokens to the front, in order.
 
     Arguments:
-        logits: (R, L, V); labels: (R, L).
+        ids: (R, L) tokens; real: (R, L) bool, True at the tokens to keep.
+
+    Returns:
+        (ids (R, L'), attention mask (R, L')) right-padded with ``pad``, L' = the longest row.
     """
-    shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:]
-    if not bool((shift_labels != IGNORE_INDEX).any()):
-        return shift_logits.sum() * 0.0
-    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX)
+    counts = real.sum(1)
+    width = int(counts.max())
+    order = torch.sort((~real).long(), dim=1, stable=True).indices  # real tokens first, original order kept
+    packed = ids.gather(1, order)[:, :width]
+    attention = (torch.arange(width, device=ids.device)[None, :] < counts[:, None]).long()
+    return packed.masked_fill(attention == 0, pad), attention
+
+
+def _cache_argument(module: nn.Module) -> str:
+    """The keyword under which ``module.forward`` takes a KV cache (``cache`` in newer transformers releases,
+    ``past_key_values`` before)."""
+    params = inspect.signature(module.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _returned_cache(output: object) -> Any:
+    """The KV cache of a language-model output (``cache`` or ``past_key_values``, by transformers release)."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values

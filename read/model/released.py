@@ -1,4 +1,5 @@
-"""Loading the released READ, SESAME and LISA checkpoints in their original layout (SPEC 8).
+"""Loading the released READ, SESAME and LISA checkpoints in their original layout
+(docs/reference.md#released-checkpoints).
 
 A released checkpoint directory holds what transformers 4.31 ``save_pretrained`` wrote for the reference's
 ``READForCausalLM`` / ``SESAMEForCausalLM`` / ``LISAForCausalLM``: a LLaMA-style ``config.json`` with LLaVA and
@@ -10,7 +11,7 @@ files. CLIP is not in it: it comes from a separate local tower directory (an HF 
 strictly. Nothing in the directory is edited or executed: the JSON files are parsed, ``.bin`` files are read with
 ``torch.load(weights_only=True)``.
 
-Key mapping (original -> ReadModel, SPEC 8.4)::
+Key mapping (original -> ReadModel)::
 
     model.embed_tokens.*                        -> llava.model.language_model.embed_tokens.*   (+1 row)
     model.layers.N.*                            -> llava.model.language_model.layers.N.*
@@ -27,14 +28,14 @@ Key mapping (original -> ReadModel, SPEC 8.4)::
 Vocabulary: rows V..V+2 of the checkpoint are ``[SEG]``, ``<im_start>``, ``<im_end>`` (V = 32000 for LLaMA).
 transformers' Llava needs one more token, ``<image>`` = V + 3, the per-patch placeholder. One row is appended to
 ``embed_tokens`` and ``lm_head``: the mean of the existing rows. The embedding row is never read (the image
-features overwrite it); in ``lm_head`` the mean row's logit is the mean of the real logits, so greedy decoding
-never prefers ``<image>`` over the best real token.
+features overwrite it), and the ``lm_head`` row is no class of the language model: the loss and generation leave its
+column out (``read.model.read_model.text_only_logits``), so the LM loss is READ's over READ's vocabulary.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import logging
 import re
 from collections import defaultdict
@@ -47,7 +48,10 @@ from torch import Tensor
 
 from read.config import ModelConfig, ReadConfig, SamConfig, SaspConfig, TextConfig, VisionConfig
 from read.constants import EXTRA_TOKENS
+from read.errors import ConfigError, FileFormatError, MissingFileError
+from read.json_io import read_json_object
 from read.model.builder import build_read_model
+from read.model.dtypes import dtype_name
 from read.model.read_model import ReadModel
 from read.model.sam import sam_config_for
 from read.model.weights import load_sharded_state_dict
@@ -84,31 +88,17 @@ _DROPPED = (
     re.compile(r"^(model\.vision_tower\.vision_tower\.vision_model\.)?embeddings\.position_ids$"),
 )
 _VOCAB_KEYS = ("llava.model.language_model.embed_tokens.weight", "llava.lm_head.weight")
-_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
 # ----------------------------------------------------------------------------------------------------------
 # reading the directories
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path``, with the file named in every error."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: invalid JSON ({err})") from err
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
-
-
 def checkpoint_family(hf_config: Mapping[str, Any], source: str = CONFIG_FILE) -> str:
-    """"read", "sesame" or "lisa" from ``architectures`` in config.json."""
+    """ "read", "sesame" or "lisa" from ``architectures`` in config.json."""
     archs = hf_config.get("architectures")
     if not isinstance(archs, list) or len(archs) != 1 or archs[0] not in ARCHITECTURES:
-        raise ValueError(f"{source}: architectures={archs!r}; expected one of {[[a] for a in ARCHITECTURES]}")
+        raise FileFormatError(f"{source}: architectures={archs!r}; expected one of {[[a] for a in ARCHITECTURES]}")
     return ARCHITECTURES[archs[0]]
 
 
@@ -118,12 +108,12 @@ def load_checkpoint_weights(ckpt_dir: str | Path) -> dict[str, Tensor]:
     state = load_sharded_state_dict(d)
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         if (d / index_name).is_file():
-            weight_map = read_json(d / index_name).get("weight_map")
+            weight_map = read_json_object(d / index_name).get("weight_map")
             if not isinstance(weight_map, dict):
-                raise ValueError(f"{d / index_name}: no 'weight_map' object")
+                raise FileFormatError(f"{d / index_name}: no 'weight_map' object")
             absent = sorted(set(weight_map) - set(state))
             if absent:
-                raise ValueError(
+                raise FileFormatError(
                     f"{d / index_name} lists {len(absent)} tensor(s) that its shards lack, e.g. "
                     f"{absent[0]!r} (in {weight_map[absent[0]]})"
                 )
@@ -139,7 +129,7 @@ def resolve_vision_tower(
     if vision_tower_path is not None:
         path = Path(vision_tower_path)
         if not (path / CONFIG_FILE).is_file():
-            raise FileNotFoundError(f"vision tower directory {path} has no {CONFIG_FILE} (expected a local CLIP model)")
+            raise MissingFileError(f"vision tower directory {path} has no {CONFIG_FILE} (expected a local CLIP model)")
         return path
     tried = []
     for field_name in ("mm_vision_tower", "vision_tower"):
@@ -151,7 +141,7 @@ def resolve_vision_tower(
                 logger.info("using the CLIP tower named in config.json (%s): %s", field_name, candidate)
                 return candidate
             tried.append(str(candidate))
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"no local CLIP vision tower: pass vision_tower_path (e.g. a local copy of "
         f"openai/clip-vit-large-patch14-336); config.json's paths do not exist here: {tried or 'none given'}"
     )
@@ -163,13 +153,15 @@ def clip_vision_config(tower_dir: str | Path, feature_layer: int) -> VisionConfi
     from transformers import CLIPVisionConfig
 
     path = Path(tower_dir) / CONFIG_FILE
-    data = read_json(path)
+    data = read_json_object(path)
     fields = data.get("vision_config", data) if data.get("model_type") == "clip" else data
     if not isinstance(fields, dict):
-        raise ValueError(f"{path}: vision_config must be an object")
+        raise FileFormatError(f"{path}: vision_config must be an object")
     hf = CLIPVisionConfig(**{k: v for k, v in fields.items() if k not in ("model_type", "architectures")})
     if hf.hidden_act != "quick_gelu":
-        raise ValueError(f"{path}: hidden_act={hf.hidden_act!r}; only OpenAI CLIP towers (quick_gelu) are supported")
+        raise FileFormatError(
+            f"{path}: hidden_act={hf.hidden_act!r}; only OpenAI CLIP towers (quick_gelu) are supported"
+        )
     return VisionConfig(
         image_size=hf.image_size,
         patch_size=hf.patch_size,
@@ -201,28 +193,50 @@ def clip_vision_weights(tower_dir: str | Path) -> dict[str, Tensor]:
 def infer_sam_config(sam_state: Mapping[str, Tensor]) -> SamConfig:
     """SAM sizes read from the tensors of a SAM state dict (pip ``segment_anything`` names, no prefix).
 
-    The encoder's heads come from the relative-position tables (``(2 * size - 1, head_dim)``), which also tell the
-    global-attention blocks (size = the embedding grid) from the windowed ones (size = the window). The decoder's
-    heads are not visible in any shape: SAM's 8 is assumed. Returns the ``vit_h``/``vit_l``/``vit_b`` registry
-    config when the sizes are one of those, else a "custom" config.
+    Every size that a tensor shape reveals is read: the image encoder's grid, patch, width, depth, MLP width and
+    heads (from the relative-position tables, ``(2 * size - 1, head_dim)``, which also tell the global-attention
+    blocks, size = the embedding grid, from the windowed ones, size = the window), the prompt width and the mask
+    down-scaling channels, the decoder's depth and MLP width, the number of mask outputs and the IoU head's depth and
+    width. The decoder's attention heads are the one size no shape shows: SAM's 8 is used, and logged. Returns the
+    ``vit_h``/``vit_l``/``vit_b`` registry config when the sizes are one of those, else a "custom" config.
+
+    Raises:
+        ValueError: a tensor needed for a size is missing (the size is named), or the shapes contradict each other.
     """
 
-    def get(key: str) -> Tensor:
+    def get(key: str, size: str) -> Tensor:
         if key not in sam_state:
-            raise ValueError(f"SAM weights lack {key!r}: cannot infer the SAM sizes")
+            raise FileFormatError(f"SAM weights lack {key!r}: cannot infer the {size}")
         return sam_state[key]
 
-    _, grid, grid_w, embed_dim = get("image_encoder.pos_embed").shape
-    patch_size = get("image_encoder.patch_embed.proj.weight").shape[-1]
+    _, grid, grid_w, embed_dim = get("image_encoder.pos_embed", "image-encoder grid and width").shape
+    patch_size = get("image_encoder.patch_embed.proj.weight", "patch size").shape[-1]
     depth = len({k.split(".")[2] for k in sam_state if k.startswith("image_encoder.blocks.")})
-    head_dim = get("image_encoder.blocks.0.attn.rel_pos_h").shape[1]
-    sizes = [(get(f"image_encoder.blocks.{i}.attn.rel_pos_h").shape[0] + 1) // 2 for i in range(depth)]
+    head_dim = get("image_encoder.blocks.0.attn.rel_pos_h", "encoder attention heads").shape[1]
+    sizes = [
+        (get(f"image_encoder.blocks.{i}.attn.rel_pos_h", "encoder attention windows").shape[0] + 1) // 2
+        for i in range(depth)
+    ]
     global_idx = [i for i, s in enumerate(sizes) if s == grid]
     windows = {s for s in sizes if s != grid}
     if grid != grid_w or embed_dim % head_dim or len(windows) > 1:
-        raise ValueError(f"SAM image encoder shapes are inconsistent: grid {grid}x{grid_w}, rel-pos sizes {sizes}")
-    prompt_dim = get("image_encoder.neck.0.weight").shape[0]
+        raise FileFormatError(f"SAM image encoder shapes are inconsistent: grid {grid}x{grid_w}, rel-pos sizes {sizes}")
+    mlp_width = get("image_encoder.blocks.0.mlp.lin1.weight", "encoder MLP width").shape[0]
+    mlp_ratio = mlp_width / embed_dim
+    if int(embed_dim * mlp_ratio) != mlp_width:
+        raise FileFormatError(f"SAM image encoder MLP width {mlp_width} is not a ratio of its width {embed_dim}")
+    prompt_dim = get("image_encoder.neck.0.weight", "prompt embedding width").shape[0]
+    mask_in_chans = get("prompt_encoder.mask_downscaling.3.weight", "mask down-scaling channels").shape[0]
     decoder_depth = len({k.split(".")[3] for k in sam_state if k.startswith("mask_decoder.transformer.layers.")})
+    iou_layers = {k.split(".")[3] for k in sam_state if k.startswith("mask_decoder.iou_prediction_head.layers.")}
+    if not iou_layers:
+        raise FileFormatError("SAM weights lack 'mask_decoder.iou_prediction_head.layers.*': cannot infer the IoU head")
+    iou_hidden = (
+        get("mask_decoder.iou_prediction_head.layers.0.weight", "IoU head width").shape[0]
+        if len(iou_layers) > 1
+        else 256  # a one-layer head has no hidden width; SAM's value keeps the config valid
+    )
+    num_mask_tokens = get("mask_decoder.mask_tokens.weight", "number of mask outputs").shape[0]
     cfg = SamConfig(
         variant="custom",
         image_size=grid * patch_size,
@@ -234,8 +248,18 @@ def infer_sam_config(sam_state: Mapping[str, Tensor]) -> SamConfig:
         encoder_window_size=windows.pop() if windows else grid,
         prompt_embed_dim=prompt_dim,
         decoder_depth=decoder_depth,
-        decoder_mlp_dim=get("mask_decoder.transformer.layers.0.mlp.lin1.weight").shape[0],
+        decoder_mlp_dim=get("mask_decoder.transformer.layers.0.mlp.lin1.weight", "decoder MLP width").shape[0],
         decoder_num_heads=SAM_DECODER_HEADS,
+        encoder_mlp_ratio=mlp_ratio,
+        mask_in_chans=mask_in_chans,
+        num_multimask_outputs=num_mask_tokens - 1,
+        iou_head_depth=len(iou_layers),
+        iou_head_hidden_dim=iou_hidden,
+    )
+    logger.info(
+        "SAM mask-decoder attention heads cannot be read from the weights (no tensor shape shows them): using %d, "
+        "the value of every SAM release",
+        SAM_DECODER_HEADS,
     )
     for variant in ("vit_h", "vit_l", "vit_b"):
         if dataclass_equal_except_variant(cfg, sam_config_for(variant)):
@@ -248,19 +272,75 @@ def dataclass_equal_except_variant(a: SamConfig, b: SamConfig) -> bool:
     return {**vars(a), "variant": None} == {**vars(b), "variant": None}
 
 
+def check_text_sizes(hf_config: Mapping[str, Any], state: Mapping[str, Tensor], source: str = CONFIG_FILE) -> None:
+    """Compare config.json's language-model sizes with what the checkpoint's tensors (original names) show:
+    the width and vocabulary (``model.embed_tokens``), the MLP width, the key/value width and the ``[SEG]`` head's
+    output width (layers that config.json does not declare, or lacks, are reported key by key by the strict load).
+    The attention heads, the RMSNorm epsilon, the RoPE base and the context length are not visible in any shape and
+    are taken from config.json as they are.
+
+    Raises:
+        ValueError: naming the field, its config.json value and the tensor that contradicts it.
+    """
+
+    def shape(key: str) -> tuple[int, ...] | None:
+        return tuple(state[key].shape) if key in state else None
+
+    found: list[tuple[str, int, str]] = []  # (config field, value the tensors show, tensor)
+    embed = shape("model.embed_tokens.weight")
+    if embed is not None:
+        found += [
+            ("vocab_size", embed[0], "model.embed_tokens.weight"),
+            ("hidden_size", embed[1], "model.embed_tokens.weight"),
+        ]
+    gate = shape("model.layers.0.mlp.gate_proj.weight")
+    if gate is not None:
+        found.append(("intermediate_size", gate[0], "model.layers.0.mlp.gate_proj.weight"))
+    head = shape("model.text_hidden_fcs.0.2.weight")
+    if head is not None and "out_dim" in hf_config:
+        found.append(("out_dim", head[0], "model.text_hidden_fcs.0.2.weight"))
+    for field_name, value, tensor in found:
+        if field_name in hf_config and hf_config[field_name] != value:
+            raise FileFormatError(
+                f"{source}: {field_name}={hf_config[field_name]} but the checkpoint's {tensor} shows {value}"
+            )
+    k_proj = shape("model.layers.0.self_attn.k_proj.weight")
+    heads, hidden = hf_config.get("num_attention_heads"), hf_config.get("hidden_size")
+    if k_proj is not None and isinstance(heads, int) and isinstance(hidden, int) and heads > 0:
+        kv_heads = hf_config.get("num_key_value_heads") or heads
+        if kv_heads * (hidden // heads) != k_proj[0]:
+            raise FileFormatError(
+                f"{source}: num_key_value_heads={kv_heads} (head size {hidden // heads}) but "
+                f"model.layers.0.self_attn.k_proj.weight has {k_proj[0]} rows"
+            )
+
+
 def projector_type_of(keys: Collection[str], hf_config: Mapping[str, Any], source: str = CONFIG_FILE) -> str:
-    """"linear" (LISA-7B-v1's single Linear, ``model.mm_projector.weight``) or "mlp2x_gelu"
+    """ "linear" (LISA-7B-v1's single Linear, ``model.mm_projector.weight``) or "mlp2x_gelu"
     (``model.mm_projector.{0,2}.*``), from the checkpoint's keys; config.json's ``mm_projector_type`` must agree."""
     if "model.mm_projector.weight" in keys:
         found = "linear"
     elif "model.mm_projector.0.weight" in keys:
         found = "mlp2x_gelu"
     else:
-        raise ValueError("checkpoint has no vision projector (model.mm_projector.weight / model.mm_projector.0.weight)")
+        raise FileFormatError(
+            "checkpoint has no vision projector (model.mm_projector.weight / model.mm_projector.0.weight)"
+        )
     declared = hf_config.get("mm_projector_type")
     if declared is not None and declared != found:
-        raise ValueError(f"{source}: mm_projector_type={declared!r}, but the weights hold a {found!r} projector")
+        raise FileFormatError(f"{source}: mm_projector_type={declared!r}, but the weights hold a {found!r} projector")
     return found
+
+
+def released_sasp_config(family: str, overrides: Mapping[str, Any] | None = None) -> SaspConfig:
+    """SasP settings for a released checkpoint: READ-7B's (30 points, 0.8 / 0.2, down-sample 2, READ's crop
+    geometry) for READ checkpoints, disabled (the LISA path) for SESAME and LISA; ``overrides`` (e.g.
+    ``{"num_points": 60}``) apply on top, and only an explicit ``enabled`` switches SasP on or off."""
+    base = dataclasses.asdict(SaspConfig(enabled=family == "read"))
+    unknown = sorted(set(overrides or {}) - set(base))
+    if unknown:
+        raise ConfigError(f"unknown SasP setting(s) {unknown}; known: {sorted(base)}")
+    return ReadConfig.from_dict({"sasp": {**base, **(overrides or {})}}).sasp
 
 
 def released_read_config(
@@ -288,7 +368,7 @@ def released_read_config(
 
     def need(key: str) -> Any:
         if key not in hf_config:
-            raise ValueError(f"{source}: missing field {key!r}")
+            raise FileFormatError(f"{source}: missing field {key!r}")
         return hf_config[key]
 
     checks = {
@@ -300,17 +380,16 @@ def released_read_config(
     }
     for key, (wanted, value) in checks.items():
         if value != wanted:
-            raise ValueError(f"{source}: {key}={value!r} is not supported (expected {wanted!r})")
-    if dtype not in _DTYPE_NAMES:
-        raise ValueError(f"dtype {dtype} is not supported; use one of {list(_DTYPE_NAMES)}")
+            raise FileFormatError(f"{source}: {key}={value!r} is not supported (expected {wanted!r})")
+    dtype_config_name = dtype_name(dtype)
     mm_hidden = hf_config.get("mm_hidden_size", vision.hidden_size)
     if mm_hidden != vision.hidden_size:
-        raise ValueError(
+        raise FileFormatError(
             f"{source}: mm_hidden_size={mm_hidden} but the CLIP tower has hidden_size {vision.hidden_size}"
         )
     out_dim = hf_config.get("out_dim", 256)
     if out_dim != sam.prompt_embed_dim:
-        raise ValueError(f"{source}: out_dim={out_dim} but SAM's prompt embedding is {sam.prompt_embed_dim}-d")
+        raise FileFormatError(f"{source}: out_dim={out_dim} but SAM's prompt embedding is {sam.prompt_embed_dim}-d")
     vocab = need("vocab_size")
     num_new = len(EXTRA_TOKENS) - 1  # [SEG], <im_start>, <im_end> are in the checkpoint
     heads = need("num_attention_heads")
@@ -326,7 +405,7 @@ def released_read_config(
         rope_theta=float(hf_config.get("rope_theta", 10000.0)),
     )
     if sasp is None:
-        sasp = SaspConfig(enabled=family == "read")
+        sasp = released_sasp_config(family)
     model = ModelConfig(
         text=text,
         vision=vision,
@@ -334,7 +413,7 @@ def released_read_config(
         projector_type=projector_type,  # type: ignore[arg-type]
         out_dim=out_dim,
         init="released",
-        dtype=_DTYPE_NAMES[dtype],  # type: ignore[arg-type]
+        dtype=dtype_config_name,  # type: ignore[arg-type]
     )
     return ReadConfig(model=model, sasp=sasp)
 
@@ -371,7 +450,7 @@ def map_released_state_dict(
             unmapped.append(key)
             continue
         if target in mapped:
-            raise ValueError(f"checkpoint keys {sources[target]!r} and {key!r} both map to {target!r}")
+            raise FileFormatError(f"checkpoint keys {sources[target]!r} and {key!r} both map to {target!r}")
         mapped[target] = value
         sources[target] = key
     return mapped, sources, sorted(unmapped)
@@ -457,7 +536,7 @@ def check_tokenizer(tokenizer: ReadTokenizer, rows: int, where: str) -> None:
     got = tokenizer.convert_tokens_to_ids(list(EXTRA_TOKENS))
     wanted = list(range(base, base + len(EXTRA_TOKENS)))
     if tokenizer.vocab_size != base or got != wanted or len(tokenizer) != base + len(EXTRA_TOKENS):
-        raise ValueError(
+        raise FileFormatError(
             f"{where}: the tokenizer ({tokenizer.vocab_size} pieces, {dict(zip(EXTRA_TOKENS, got))}) does not match "
             f"the checkpoint's {rows} embedding rows; expected {dict(zip(EXTRA_TOKENS, wanted))}"
         )
@@ -480,25 +559,27 @@ def load_released(
         dtype: parameter dtype (SAM's prompt encoder stays float32).
         strict: raise on missing, unexpected or mis-shaped tensors (default). With False they are logged, and
             the model tensors not in the checkpoint keep their random initialisation.
-        sasp: SasP settings (the checkpoint has none); default: READ 7B's (30 points, 0.8 / 0.2, down-sample 2)
-            for READ checkpoints, disabled (the LISA path) for SESAME and LISA.
+        sasp: SasP settings (the checkpoint has none); default: READ 7B's (30 points, 0.8 / 0.2, down-sample 2,
+            READ's own crop geometry) for READ checkpoints, disabled (the LISA path) for SESAME and LISA
+            (:func:`released_sasp_config`).
 
     Returns:
         (model in eval mode, tokenizer, config). ``config.model.init`` is "released", with ``init_path``,
         ``tokenizer_path`` and ``vision_tower_path`` set.
 
     Raises:
-        FileNotFoundError: a directory, config.json, weight file or the CLIP tower is missing.
-        ValueError: an unsupported or inconsistent config.json, a tokenizer that does not match the embedding
+        MissingFileError: a directory, config.json, weight file or the CLIP tower is missing.
+        FileFormatError: an unsupported or inconsistent config.json, a tokenizer that does not match the embedding
             rows, or (strict) missing / unexpected / mis-shaped tensors, listed by key group.
     """
     ckpt = Path(ckpt_dir)
     if not ckpt.is_dir():
-        raise FileNotFoundError(f"checkpoint directory not found: {ckpt}")
+        raise MissingFileError(f"checkpoint directory not found: {ckpt}")
     config_path = ckpt / CONFIG_FILE
-    hf_config = read_json(config_path)
+    hf_config = read_json_object(config_path)
     checkpoint_family(hf_config, str(config_path))
     original = load_checkpoint_weights(ckpt)
+    check_text_sizes(hf_config, original, str(config_path))
     projector = projector_type_of(original.keys(), hf_config, str(config_path))
     state, sources, unmapped = map_released_state_dict(original)
     del original
@@ -521,10 +602,12 @@ def load_released(
     cfg.model.vision_tower_path = str(tower)
 
     if _VOCAB_KEYS[0] not in state:
-        raise ValueError(f"{ckpt}: the checkpoint has no model.embed_tokens.weight")
+        raise FileFormatError(f"{ckpt}: the checkpoint has no model.embed_tokens.weight")
     rows = state[_VOCAB_KEYS[0]].shape[0]
     if rows != hf_config["vocab_size"]:
-        raise ValueError(f"{config_path}: vocab_size={hf_config['vocab_size']} but model.embed_tokens has {rows} rows")
+        raise FileFormatError(
+            f"{config_path}: vocab_size={hf_config['vocab_size']} but model.embed_tokens has {rows} rows"
+        )
     tokenizer = ReadTokenizer.from_pretrained(ckpt)
     check_tokenizer(tokenizer, rows, str(ckpt))
     for key in _VOCAB_KEYS:
@@ -541,7 +624,7 @@ def load_released(
     if missing or unexpected or mismatched:
         message = _mismatch_message(str(ckpt), missing, unexpected, mismatched, sources)
         if strict:
-            raise ValueError(message)
+            raise FileFormatError(message)
         logger.warning(message)
     loadable = {k: v for k, v in state.items() if k in expected and tuple(v.shape) == tuple(expected[k])}
     model.load_state_dict(loadable, strict=False)

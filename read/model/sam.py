@@ -21,19 +21,32 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 from torch import Tensor
 
 from read.config import SamConfig
-from read.model.weights import load_state_dict_file
+from read.errors import ConfigError
+from read.model.weights import load_checked_state_dict, load_state_dict_file
 
 _REGISTRY_SIZES = {
-    "vit_h": dict(encoder_embed_dim=1280, encoder_depth=32, encoder_num_heads=16, encoder_global_attn_indexes=[7, 15, 23, 31]),
-    "vit_l": dict(encoder_embed_dim=1024, encoder_depth=24, encoder_num_heads=16, encoder_global_attn_indexes=[5, 11, 17, 23]),
-    "vit_b": dict(encoder_embed_dim=768, encoder_depth=12, encoder_num_heads=12, encoder_global_attn_indexes=[2, 5, 8, 11]),
+    "vit_h": dict(
+        encoder_embed_dim=1280, encoder_depth=32, encoder_num_heads=16, encoder_global_attn_indexes=[7, 15, 23, 31]
+    ),
+    "vit_l": dict(
+        encoder_embed_dim=1024, encoder_depth=24, encoder_num_heads=16, encoder_global_attn_indexes=[5, 11, 17, 23]
+    ),
+    "vit_b": dict(
+        encoder_embed_dim=768, encoder_depth=12, encoder_num_heads=12, encoder_global_attn_indexes=[2, 5, 8, 11]
+    ),
 }
+
+
+def keep_prompt_encoder_fp32(sam: Sam) -> None:
+    """Put SAM's prompt encoder back in fp32 after the model was cast (or wrapped) to a half dtype: its positional
+    encoding computes ``coords.to(torch.float)`` and fails against bf16/fp16 weights. In place."""
+    sam.prompt_encoder.float()
 
 
 def sam_config_for(variant: str) -> SamConfig:
     """The SamConfig of one of segment_anything's registry models (vit_h, vit_l, vit_b)."""
     if variant not in _REGISTRY_SIZES:
-        raise ValueError(f"unknown SAM variant {variant!r}; expected one of {sorted(_REGISTRY_SIZES)} or 'custom'")
+        raise ConfigError(f"unknown SAM variant {variant!r}; expected one of {sorted(_REGISTRY_SIZES)} or 'custom'")
     return SamConfig(variant=variant, **_REGISTRY_SIZES[variant])
 
 
@@ -47,16 +60,16 @@ def build_sam(cfg: SamConfig) -> Sam:
         sizes = _REGISTRY_SIZES[cfg.variant]
         for key, value in sizes.items():
             if getattr(cfg, key) != value:
-                raise ValueError(f"model.sam.{key}={getattr(cfg, key)} does not match SAM {cfg.variant} ({value})")
+                raise ConfigError(f"model.sam.{key}={getattr(cfg, key)} does not match SAM {cfg.variant} ({value})")
     elif cfg.variant != "custom":
-        raise ValueError(f"unknown SAM variant {cfg.variant!r}; expected vit_h, vit_l, vit_b or custom")
+        raise ConfigError(f"model.sam.variant={cfg.variant!r} is not one of vit_h, vit_l, vit_b, custom")
     embed_size = cfg.image_size // cfg.patch_size
     return Sam(
         image_encoder=ImageEncoderViT(
             depth=cfg.encoder_depth,
             embed_dim=cfg.encoder_embed_dim,
             img_size=cfg.image_size,
-            mlp_ratio=4,
+            mlp_ratio=cfg.encoder_mlp_ratio,
             norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
             num_heads=cfg.encoder_num_heads,
             patch_size=cfg.patch_size,
@@ -70,10 +83,10 @@ def build_sam(cfg: SamConfig) -> Sam:
             embed_dim=cfg.prompt_embed_dim,
             image_embedding_size=(embed_size, embed_size),
             input_image_size=(cfg.image_size, cfg.image_size),
-            mask_in_chans=16,
+            mask_in_chans=cfg.mask_in_chans,
         ),
         mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
+            num_multimask_outputs=cfg.num_multimask_outputs,
             transformer=TwoWayTransformer(
                 depth=cfg.decoder_depth,
                 embedding_dim=cfg.prompt_embed_dim,
@@ -81,21 +94,16 @@ def build_sam(cfg: SamConfig) -> Sam:
                 num_heads=cfg.decoder_num_heads,
             ),
             transformer_dim=cfg.prompt_embed_dim,
-            iou_head_depth=3,
-            iou_head_hidden_dim=256,
+            iou_head_depth=cfg.iou_head_depth,
+            iou_head_hidden_dim=cfg.iou_head_hidden_dim,
         ),
     )
 
 
 def load_sam_checkpoint(sam: Sam, path: str | Path) -> None:
     """Load an original SAM checkpoint (e.g. ``sam_vit_h_4b8939.pth``) strictly, without executing code."""
-    state = load_state_dict_file(path)
-    missing, unexpected = sam.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"SAM checkpoint {path} does not match the configured model: "
-            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
-        )
+    hint = "check that model.sam (variant and sizes) matches the checkpoint"
+    load_checked_state_dict(sam, load_state_dict_file(path), f"SAM checkpoint {path}", hint=hint)
 
 
 def to_sam_frame(coords: Tensor, original_size: tuple[int, int], resized_size: tuple[int, int]) -> Tensor:

@@ -1,4 +1,4 @@
-"""What trains and what stays frozen (SPEC 1.5), decided in one place.
+"""What trains and what stays frozen (docs/reference.md#what-trains), decided in one place.
 
 * LoRA adapters on the language model's ``lora.target_modules`` (q_proj, v_proj by default), never inside the
   CLIP tower, the projector, SAM or the head (LoRA is injected into the language model only);
@@ -7,7 +7,7 @@
 * SAM's mask decoder and the ``[SEG]`` head;
 * frozen: CLIP, the projector, SAM's image and prompt encoders (the image encoder trains only when
   ``model.train_sam_image_encoder`` is set), and the base LM weights;
-* any group named in ``model.train_extra`` (``read.memory.GROUPS`` names) trains in full on top of the above.
+* any group named in ``model.train_extra`` (:data:`GROUPS` names) trains in full on top of the above.
 """
 
 from __future__ import annotations
@@ -20,8 +20,63 @@ from peft.tuners.lora import LoraLayer
 from torch import Tensor, nn
 
 from read.config import ReadConfig
-from read.memory import group_of, trainable_groups
 from read.model.read_model import ReadModel
+
+# Parameter groups in the order they are reported.
+GROUPS = (
+    "embed_tokens",
+    "lm_layers",
+    "lm_norm",
+    "lm_head",
+    "vision_tower",
+    "projector",
+    "sam_image_encoder",
+    "sam_prompt_encoder",
+    "sam_mask_decoder",
+    "seg_projector",
+    "lora",
+    "new_rows",
+)
+
+
+def group_of(name: str) -> str:
+    """The :data:`GROUPS` entry of a ``ReadModel`` parameter name (raises ValueError for an unknown name)."""
+    if ".lora_" in name:
+        return "lora"
+    if name.endswith(".rows") and ("embed_tokens." in name or name.startswith("llava.lm_head.")):
+        return "new_rows"
+    prefixes = (
+        ("llava.model.language_model.embed_tokens.", "embed_tokens"),
+        ("llava.model.language_model.layers.", "lm_layers"),
+        ("llava.model.language_model.norm.", "lm_norm"),
+        ("llava.lm_head.", "lm_head"),
+        ("llava.model.vision_tower.", "vision_tower"),
+        ("llava.model.multi_modal_projector.", "projector"),
+        ("sam.image_encoder.", "sam_image_encoder"),
+        ("sam.prompt_encoder.", "sam_prompt_encoder"),
+        ("sam.mask_decoder.", "sam_mask_decoder"),
+        ("seg_projector.", "seg_projector"),
+        ("query_head.", "seg_projector"),
+    )
+    for prefix, group in prefixes:
+        if name.startswith(prefix):
+            return group
+    raise ValueError(f"parameter {name!r} belongs to no known group")
+
+
+def trainable_groups(cfg: ReadConfig) -> tuple[str, ...]:
+    """The parameter groups that train (:func:`set_trainable` sets ``requires_grad`` from this
+    list): the reference's set, ``sam_image_encoder`` with ``model.train_sam_image_encoder``, and
+    ``model.train_extra``."""
+    groups = ["sam_mask_decoder", "seg_projector", "lora"]
+    if cfg.lora.train_embeddings == "full":
+        groups += ["embed_tokens", "lm_head"]
+    elif cfg.lora.train_embeddings == "new_rows":
+        groups.append("new_rows")
+    if cfg.model.train_sam_image_encoder:
+        groups.append("sam_image_encoder")
+    groups += [g for g in cfg.model.train_extra if g not in groups]
+    return tuple(groups)
 
 
 def apply_lora(model: ReadModel, cfg: ReadConfig) -> None:
@@ -46,8 +101,8 @@ def has_lora(model: nn.Module) -> bool:
 
 
 def set_trainable(model: ReadModel, cfg: ReadConfig) -> list[str]:
-    """Set ``requires_grad`` on every parameter: a parameter trains when its group (:func:`read.memory.group_of`)
-    is one of :func:`read.memory.trainable_groups`, the single list that the memory estimates count as well.
+    """Set ``requires_grad`` on every parameter: a parameter trains when its group (:func:`group_of`)
+    is one of :func:`trainable_groups`, the single list that the memory estimates count as well.
     Returns the sorted trainable parameter names."""
     groups = set(trainable_groups(cfg))
     if "new_rows" in groups and not any(isinstance(m, NewTokenRows) for m in model.modules()):
@@ -104,9 +159,10 @@ class NewTokenRows(nn.Module):
     """A frozen ``nn.Embedding`` or output ``nn.Linear`` whose rows for a few token ids are a separate, small
     trainable parameter.
 
-    [FIX, SPEC 1.5 / 11] The reference trains the whole ``embed_tokens`` and ``lm_head`` (2 x V x H parameters,
-    262M for 7B, each with fp32 AdamW state). Only the rows of the added tokens (``[SEG]``, ``<im_start>``,
-    ``<im_end>``, ``<image>``) start untrained, so ``lora.train_embeddings="new_rows"`` trains just those:
+    Not in READ (docs/reference.md#options-that-read-does-not-have-off-by-default). The reference trains the whole
+    ``embed_tokens`` and ``lm_head`` (2 x V x H parameters, 262M for 7B, each with fp32 AdamW state). Only the
+    rows of the added tokens (``[SEG]``, ``<im_start>``, ``<im_end>``, ``<image>``) start untrained, so
+    ``lora.train_embeddings="new_rows"`` trains just those:
     ``rows`` is (n_new, H) and the optimiser state is n_new x H. The base rows of the vocabulary stay as in the
     base model, unlike the reference. Both directions avoid any V x H temporary: the embedding overwrites the
     looked-up vectors of the new ids, and the output layer overwrites the n_new logit columns with

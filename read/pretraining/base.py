@@ -119,8 +119,8 @@ def pretrain_llava(cfg: PretrainConfig, read_cfg: ReadConfig, out: Path) -> dict
     base_vocab = tokenizer.vocab_size + len(BASE_TOKENS)
     if read_cfg.model.text.vocab_size != base_vocab:
         raise ValueError(
-            f"{cfg.model_config}: model.text.vocab_size is {read_cfg.model.text.vocab_size}, but the base vocabulary is "
-            f"{base_vocab} ({tokenizer.vocab_size} pieces + {', '.join(BASE_TOKENS)})"
+            f"{cfg.model_config}: model.text.vocab_size is {read_cfg.model.text.vocab_size}, but the base vocabulary "
+            f"is {base_vocab} ({tokenizer.vocab_size} pieces + {', '.join(BASE_TOKENS)})"
         )
     read_cfg.loss.query_weight = 0.0
     torch.manual_seed(cfg.seed)

@@ -81,7 +81,9 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         lo, hi = self.scenes.num_objects
         if not 1 <= lo <= hi:
-            raise ValueError(f"scenes.num_objects must be [min, max] with 1 <= min <= max, got {self.scenes.num_objects}")
+            raise ValueError(
+                f"scenes.num_objects must be [min, max] with 1 <= min <= max, got {self.scenes.num_objects}"
+            )
         for name in ("language", "alignment", "instruction"):
             stage = getattr(self, name)
             unknown = [g for g in stage.train if g not in LLAVA_GROUPS]

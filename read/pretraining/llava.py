@@ -30,8 +30,8 @@ from read.batch import ReadBatch
 from read.constants import IGNORE_INDEX, IMAGE_TOKEN
 from read.data.collate import ReadCollator
 from read.data.sample import ASSISTANT, USER, Query, Sample
-from read.data.text import encode_conversation, pad_batch
 from read.data.scene_text import CAPTION_PROMPTS, caption, instruction_turns, scene_questions
+from read.data.text import encode_conversation, pad_batch
 from read.model.read_model import ReadModel
 from read.pretraining.config import LlavaStage
 from read.pretraining.scenes import STREAMS, SceneStream
@@ -73,7 +73,9 @@ def conversation_sample(
     return Sample(image=scene_image, image_path="<synthetic>", queries=[query], dataset="synthetic_scenes")
 
 
-def _stage_turns(stream: SceneStream, stage: LlavaStage, rng: np.random.Generator, objects: list) -> list[tuple[str, str]]:
+def _stage_turns(
+    stream: SceneStream, stage: LlavaStage, rng: np.random.Generator, objects: list
+) -> list[tuple[str, str]]:
     size = stream.settings.image_size
     if rng.random() < stage.caption_fraction:
         return [(CAPTION_PROMPTS[int(rng.integers(len(CAPTION_PROMPTS)))], caption(objects, size))]

@@ -19,8 +19,8 @@ from segment_anything.modeling import Sam
 from torch import Tensor
 
 from read.data.transforms import sam_preprocess
-from read.losses import mask_losses
-from read.metrics import intersection_union, mask_iou
+from read.evaluation.metrics import intersection_union, mask_iou
+from read.model.losses import mask_losses
 from read.model.sam import decode_masks_batched
 from read.pretraining.config import SamStage
 from read.pretraining.scenes import STREAMS, Scene, SceneStream
@@ -136,7 +136,9 @@ def train_sam(sam: Sam, stage: SamStage, stream: SceneStream, seed: int, log_eve
     running = [0.0, 0, 0]
     start = time.time()
     for step in range(stage.steps):
-        kind = kinds[int(np.random.default_rng([seed, stream_id, 10**9 + step]).choice(len(kinds), p=weights / weights.sum()))]
+        kind = kinds[
+            int(np.random.default_rng([seed, stream_id, 10**9 + step]).choice(len(kinds), p=weights / weights.sum()))
+        ]
         ids = [step * stage.batch_size + i for i in range(stage.batch_size)]
         scenes = [stream[i] for i in ids]
         rngs = [np.random.default_rng([seed, stream_id, i]) for i in ids]

@@ -28,7 +28,8 @@ class Scene:
 
 
 def synthetic_config(settings: SceneSettings) -> SyntheticConfig:
-    """The generator settings of the pre-training scenes (no held-out colour x shape pairs are used: the train split)."""
+    """The generator settings of the pre-training scenes (no held-out colour x shape pairs are used: the train
+    split)."""
     return SyntheticConfig(
         image_size=settings.image_size,
         num_objects=(settings.num_objects[0], settings.num_objects[1]),

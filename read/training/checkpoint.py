@@ -16,11 +16,17 @@ A save writes everything into ``.tmp-<name>`` on every rank, then rank 0 fsyncs 
 to ``<name>`` (atomic on POSIX) and only then rewrites the ``latest`` / ``best`` pointers (write, fsync, rename).
 A process killed at any point therefore leaves the previous good checkpoint and its pointer intact. Older
 checkpoints that neither pointer names are deleted after the pointers move. The run directory must be on a file
-system every rank sees (as for any DeepSpeed checkpoint).
+system every rank sees (as for any DeepSpeed checkpoint). A save that fails because the disk is full raises
+:class:`read.errors.DiskFullError` (naming the directory), removes its temporary directory and leaves the previous
+checkpoint and the pointers as they were.
+
+Checkpoint files are read back without running code (``read.training.safe_checkpoint``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import json
 import logging
 import os
@@ -28,12 +34,17 @@ import random
 import re
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as tdist
+
+from read.errors import DiskFullError, FileFormatError, MissingFileError, UserError
+from read.json_io import read_json_object
+from read.training.safe_checkpoint import load_file
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +53,49 @@ DS_TAG = "ds"
 STATE_FILE = "train_state.json"
 META_FILE = "model_meta.json"
 _NAME = re.compile(r"^step_(\d{8})$")
+# A failed torch.save does not say why (its zip writer reports e.g. "unexpected pos"); with less free space than
+# this left where it wrote, the failure is taken to be a full disk.
+LOW_SPACE_BYTES = 64 * 2**20
+
+
+@dataclass
+class CheckpointMeta:
+    """What a checkpoint records about its model (``model_meta.json``): enough to rebuild and export it.
+
+    Attributes:
+        config: the resolved config of the run (``ReadConfig.to_dict()`` with absolute paths).
+        vocab_size: embedding rows; seg_token_id, image_token_id: the ids of ``[SEG]`` and ``<image>``.
+        tokenizer_path: the tokenizer directory the run used.
+        exclude_frozen: the DeepSpeed files hold the trainable parameters only (the frozen ones come from the base).
+        precision: the training precision; world_size: the number of processes that wrote the checkpoint.
+    """
+
+    config: dict[str, Any]
+    vocab_size: int
+    seg_token_id: int
+    image_token_id: int
+    tokenizer_path: str
+    exclude_frozen: bool
+    precision: str
+    world_size: int
+
+    @classmethod
+    def read(cls, checkpoint: Path) -> CheckpointMeta:
+        """The metadata of ``checkpoint``; a missing file or key says that the checkpoint is damaged."""
+        path = checkpoint / META_FILE
+        data = read_json(path)
+        names = [f.name for f in dataclasses.fields(cls)]
+        missing = [n for n in names if n not in data]
+        if missing:
+            raise FileFormatError(f"{path}: expected the keys {', '.join(names)}; the checkpoint is damaged")
+        return cls(**{n: data[n] for n in names})
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class RunInUseError(UserError, FileExistsError):
+    """A new run would start in a run directory that already holds checkpoints."""
 
 
 def checkpoint_name(global_step: int) -> str:
@@ -124,7 +178,7 @@ class CheckpointManager:
         write: Callable[[Path], None],
         *,
         state: dict[str, Any],
-        meta: dict[str, Any],
+        meta: CheckpointMeta,
         is_best: bool,
     ) -> Path:
         """Write one checkpoint atomically and move the pointers.
@@ -134,7 +188,7 @@ class CheckpointManager:
             write: called on every rank with the temporary directory; writes the engine state into it (e.g.
                 ``engine.save_checkpoint(tmp, tag="ds")``).
             state: the loop state (JSON), written by rank 0.
-            meta: model metadata (JSON), written by rank 0.
+            meta: model metadata, written by rank 0.
             is_best: also point ``best`` at this checkpoint.
 
         Returns:
@@ -149,14 +203,22 @@ class CheckpointManager:
                 shutil.rmtree(tmp)  # left by a killed save
             tmp.mkdir()
         _barrier()
-        write(tmp)
-        save_rng_state(tmp, self.rank)
-        if self.rank == 0:
-            (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
-            (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        try:
+            write(tmp)
+            save_rng_state(tmp, self.rank)
+            if self.rank == 0:
+                (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+                (tmp / META_FILE).write_text(json.dumps(meta.to_json(), indent=2) + "\n")
+        except (OSError, RuntimeError) as e:
+            self._raise_if_disk_full(e, tmp)
+            raise
         _barrier()
         if self.rank == 0:
-            fsync_tree(tmp)
+            try:
+                fsync_tree(tmp)  # a file system may report a full disk only here
+            except OSError as e:
+                self._raise_if_disk_full(e, tmp)
+                raise
             if final.exists():  # re-reaching a step after resuming from an older checkpoint
                 shutil.rmtree(final)
             os.replace(tmp, final)
@@ -168,12 +230,39 @@ class CheckpointManager:
         _barrier()
         return final
 
+    def _raise_if_disk_full(self, error: BaseException, tmp: Path) -> None:
+        """Turn a failed write into :class:`DiskFullError` when the disk is full (removing the partial save)."""
+        if not is_disk_full(error, self.root):
+            return
+        free = shutil.disk_usage(self.root).free
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        previous = self.latest()
+        kept = f"the previous checkpoint {previous} is kept" if previous else "no earlier checkpoint exists"
+        raise DiskFullError(
+            f"no space left on device while writing checkpoint {tmp.name.removeprefix('.tmp-')} into {self.root} "
+            f"({free / 2**20:.0f} MiB free); {kept}: free some space, then continue with --resume auto"
+        ) from error
+
     def _prune(self) -> None:
         """Delete checkpoints that no pointer names, and abandoned temporary directories."""
         keep = {p.name for p in (self.latest(), self.best()) if p is not None}
         for p in self.root.iterdir():
             if p.is_dir() and (p.name.startswith(".tmp-") or (_NAME.match(p.name) and p.name not in keep)):
                 shutil.rmtree(p, ignore_errors=True)
+
+
+def is_disk_full(error: BaseException, directory: Path) -> bool:
+    """Whether a failed write into ``directory`` failed for lack of space: ENOSPC / EDQUOT, or a torch.save error
+    (which loses the errno) with less than :data:`LOW_SPACE_BYTES` left on the device."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if isinstance(error, RuntimeError):
+        try:
+            return shutil.disk_usage(directory).free < LOW_SPACE_BYTES
+        except OSError:
+            return False
+    return False
 
 
 def is_complete(path: Path) -> bool:
@@ -193,19 +282,25 @@ def resolve_checkpoint(spec: str, run_dir: str | Path) -> Path | None:
         manager = CheckpointManager(run_dir)
         found = manager.best() if spec == "best" else manager.latest()
         if found is None and spec == "best":
-            raise FileNotFoundError(f"{manager.root}: no best checkpoint (was validation off?); try 'latest'")
+            raise MissingFileError(f"{manager.root}: no best checkpoint (was validation off?); try 'latest'")
         return found
     path = Path(spec)
     if is_complete(path):
         return path
     found = CheckpointManager(path.parent if path.name == CHECKPOINT_DIR else path).latest()
     if found is None:
-        raise FileNotFoundError(f"no complete checkpoint at {path}")
+        raise MissingFileError(
+            f"no complete checkpoint at {path}: give a checkpoint directory (step_*, with {STATE_FILE}), a "
+            f"{CHECKPOINT_DIR}/ directory or a run directory"
+        )
     return found
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
+    """A JSON object written into a checkpoint; errors name the file and say what to do."""
+    return read_json_object(
+        path, missing_hint="the checkpoint is incomplete", damaged_hint="the checkpoint is damaged: use another one"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -231,7 +326,7 @@ def load_rng_state(directory: Path, rank: int) -> bool:
     if not path.is_file():
         logger.warning("%s: no RNG state for rank %d (different world size?); RNG not restored", directory, rank)
         return False
-    state = torch.load(path, weights_only=True)
+    state = load_file(path)
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,13 +1,13 @@
-"""Process group, model and DeepSpeed engine set-up for training.
+"""Model and DeepSpeed engine set-up for training (the process group: :mod:`read.distributed`).
 
 The DeepSpeed settings live in a JSON file (``train.deepspeed_config``, ``configs/deepspeed/zero2.json`` by
 default). Its ``"auto"`` values are filled from :class:`read.config.TrainConfig`, so every hyper-parameter has one
 source of truth; a literal value in the JSON that disagrees with the config is an error, not a silent override.
 
-Reference settings (SPEC 5): AdamW (betas 0.9/0.95, weight decay 0), ``WarmupDecayLR`` (linear warm-up from 0 over
-``warmup_steps`` optimizer steps, then linear decay to 0 at ``epochs * steps_per_epoch``), gradient clipping 1.0,
-ZeRO stage 2. DeepSpeed's scheduler uses ``max(2, warmup_steps)`` warm-up steps and gives lr 0 to the first two
-optimizer steps, exactly as in the reference.
+Reference settings (docs/reference.md#training-recipe): AdamW (betas 0.9/0.95, weight decay 0), ``WarmupDecayLR``
+(linear warm-up from 0 over ``warmup_steps`` optimizer steps, then linear decay to 0 at ``epochs * steps_per_epoch``),
+gradient clipping 1.0, ZeRO stage 2. DeepSpeed's scheduler uses ``max(2, warmup_steps)`` warm-up steps and gives lr 0
+to the first two optimizer steps, exactly as in the reference.
 
 The shipped JSON sets ``"torch_adam": true``: DeepSpeed then builds ``torch.optim.AdamW`` (same update rule) instead
 of its ``FusedAdam`` op, which is JIT-compiled on first use (C++ on CPU, CUDA with nvcc on GPU).
@@ -19,37 +19,24 @@ import copy
 import dataclasses
 import json
 import logging
-import os
-import socket
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from read.config import ReadConfig, TrainConfig, validate
-from read.model import ReadModel, build_from_base, build_read_model, from_pretrained
+from read.distributed import DistInfo
+from read.errors import ConfigError, FileFormatError, MissingFileError
+from read.model import ReadModel, build_from_base, build_read_model, load_model
 from read.model.builder import cast_model
+from read.model.dtypes import DTYPES, PRECISIONS
+from read.model.sam import keep_prompt_encoder_fp32
 from read.training.loop import install_nonfinite_guard
 
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    """Where this process sits in the job."""
-
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
+PRECISION_DTYPES = {precision: DTYPES[name] for precision, name in PRECISIONS.items()}
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -57,42 +44,10 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
     if precision not in PRECISION_DTYPES:
-        raise ValueError(f"train.precision: {precision!r} is not one of auto, fp32, bf16, fp16")
+        raise ConfigError(f"train.precision: {precision!r} is not one of auto, fp32, bf16, fp16")
     if precision == "fp16" and device.type == "cpu":
-        raise ValueError("train.precision=fp16 needs a GPU; use fp32 or bf16 on the CPU")
+        raise ConfigError("train.precision=fp16 needs a GPU; use fp32 or bf16 on the CPU")
     return precision
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def setup_distributed(local_rank: int | None = None) -> DistInfo:
-    """Join (or create) the process group and pick this process's device.
-
-    Works under ``deepspeed`` (``--local_rank`` or ``LOCAL_RANK``), ``torchrun`` (``RANK``/``WORLD_SIZE``/
-    ``LOCAL_RANK``), MPI launchers (DeepSpeed's discovery) and as a plain single process (a world of one on a free
-    local port). The backend is NCCL on CUDA and gloo on the CPU.
-    """
-    import deepspeed
-
-    mpi = any(k in os.environ for k in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE"))  # DeepSpeed discovers MPI ranks
-    if "RANK" not in os.environ and not mpi:  # plain `python train_ds.py`: a one-process world
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK=str(local_rank or 0))
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    cuda = torch.cuda.is_available()
-    if "LOCAL_RANK" in os.environ and cuda:
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False)
-    local = int(os.environ.get("LOCAL_RANK", local_rank if local_rank is not None else 0))
-    device = torch.device("cuda", local) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    return DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(), local, device)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -144,17 +99,21 @@ def build_deepspeed_config(
         the config dict for ``deepspeed.initialize``.
 
     Raises:
-        ValueError: a literal JSON value contradicts the config, or an ``"auto"`` is left that nothing fills.
+        MissingFileError: the JSON file does not exist.
+        ConfigError: the file is not valid JSON, a literal value contradicts the config, or an ``"auto"`` is left
+            that nothing fills.
     """
     path = Path(path or train.deepspeed_config)
     if not path.is_absolute() and not path.is_file() and (REPO_ROOT / path).is_file():
         path = REPO_ROOT / path  # configs/deepspeed/*.json from outside the repository root
     if not path.is_file():
-        raise FileNotFoundError(f"train.deepspeed_config: {path} does not exist")
+        raise MissingFileError(f"train.deepspeed_config: {path} does not exist")
     try:
         ds = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} (train.deepspeed_config) is not valid JSON: {e}") from e
+    if not isinstance(ds, dict):
+        raise ConfigError(f"{path} (train.deepspeed_config): the top level must be a JSON object")
     for keys, value in _auto_values(train, world_size, precision).items():
         node = ds
         for k in keys[:-1]:
@@ -163,14 +122,14 @@ def build_deepspeed_config(
             continue  # section absent (e.g. a different scheduler): nothing to fill
         current = node.get(keys[-1], "auto")
         if current != "auto" and not _same(current, value):
-            raise ValueError(
+            raise ConfigError(
                 f"{path}: {'.'.join(keys)} = {current!r} contradicts the training config ({value!r}); "
-                f"set it to \"auto\" and change the YAML / command-line value instead"
+                f'set it to "auto" and change the YAML / command-line value instead'
             )
         node[keys[-1]] = value
     left = _find_auto(ds)
     if left:
-        raise ValueError(f"{path}: no config value fills {', '.join(left)} (\"auto\")")
+        raise ConfigError(f'{path}: no config value fills {", ".join(left)} ("auto"); give a value in the JSON')
     return ds
 
 
@@ -202,7 +161,7 @@ def load_tokenizer(cfg: ReadConfig) -> Any:
 
     path = tokenizer_dir(cfg)
     if path is None:
-        raise ValueError("model.tokenizer_path is not set (needed with model.init=random)")
+        raise ConfigError("model.tokenizer_path is not set (needed with model.init=random)")
     return ReadTokenizer.from_pretrained(path)
 
 
@@ -233,7 +192,9 @@ def build_model(cfg: ReadConfig, tokenizer: Any) -> ReadModel:
     * ``random``: random weights, seeded with ``train.seed`` (so a rebuild gives the same frozen weights);
     * ``llava``: a local LLaVA-1.5 + SAM checkpoint, fresh ``[SEG]`` head (:func:`read.model.build_from_base`);
     * ``read``: a directory written by ``save_pretrained`` / the exporter;
-    * ``released``: an original-layout READ / SESAME / LISA checkpoint (``read.model.released.load_released``).
+    * ``released``: an original-layout READ / SESAME / LISA checkpoint;
+
+    both through :func:`read.model.load_model`.
 
     For "read" and "released" the checkpoint's architecture replaces the YAML's (:func:`adopt_architecture`,
     ``cfg`` is updated) and the YAML's ``sasp`` and ``loss`` sections apply; the returned model's ``config`` is
@@ -248,21 +209,21 @@ def build_model(cfg: ReadConfig, tokenizer: Any) -> ReadModel:
     if init == "llava":
         return build_from_base(cfg, tokenizer)
     if not cfg.model.init_path:
-        raise ValueError(f"model.init={init} needs model.init_path")
-    if init == "read":
-        overrides = {"sasp": dataclasses.asdict(cfg.sasp), "loss": dataclasses.asdict(cfg.loss)}
-        model = from_pretrained(cfg.model.init_path, dtype=cfg.model.dtype, overrides=overrides)
-    else:
-        from read.model.released import load_released
-
-        dtype = getattr(torch, cfg.model.dtype)
-        model, _, _ = load_released(cfg.model.init_path, cfg.model.vision_tower_path, dtype=dtype, sasp=cfg.sasp)
-        model.train()
+        raise ConfigError(f"model.init={init} needs model.init_path")
+    model, _ = load_model(
+        cfg.model.init_path,
+        released=init == "released",
+        vision_tower=cfg.model.vision_tower_path if init == "released" else None,
+        dtype=cfg.model.dtype,
+        sasp_overrides=dataclasses.asdict(cfg.sasp),
+        loss_overrides=dataclasses.asdict(cfg.loss),
+    )
+    model.train()
     adopt_architecture(cfg, model.config)
     model.config = cfg
     vocab = model.llava.get_input_embeddings().weight.shape[0]
     if vocab != len(tokenizer) or model.seg_token_id != tokenizer.seg_token_id:
-        raise ValueError(
+        raise FileFormatError(
             f"{cfg.model.init_path}: model vocabulary {vocab} / [SEG] id {model.seg_token_id} do not match the "
             f"tokenizer at {tokenizer_dir(cfg)} ({len(tokenizer)} / {tokenizer.seg_token_id})"
         )
@@ -285,8 +246,8 @@ def create_engine(model: ReadModel, cfg: ReadConfig, dist: DistInfo, precision: 
     cast_model(model, PRECISION_DTYPES[precision])
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
-        raise ValueError("no trainable parameters: check the lora / model sections of the config")
+        raise ConfigError("no trainable parameters: check the lora / model sections of the config")
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config)
-    engine.module.sam.prompt_encoder.float()
+    keep_prompt_encoder_fp32(engine.module.sam)
     install_nonfinite_guard(engine.module)
     return engine

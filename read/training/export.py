@@ -4,6 +4,9 @@ The reference does this in two steps (``zero_to_fp32.py``, then ``merge_lora_wei
 needs the LoRA settings repeated by hand). Here the checkpoint carries its config, so one call rebuilds the
 training-time model (``model.init`` + the same LoRA), loads the fp32 weights consolidated from the ZeRO partitions,
 folds LoRA into the base weights and writes the result. ``read.model.from_pretrained`` (eval.py, chat.py) loads it.
+
+The checkpoint's files are read without running code: they are scanned before anything is built, and DeepSpeed's
+``zero_to_fp32`` runs with every ``torch.load`` made weights-only (``read.training.safe_checkpoint``).
 """
 
 from __future__ import annotations
@@ -16,11 +19,14 @@ from typing import Any
 
 import torch
 
-from read.config import ReadConfig
+from read.config import ReadConfig, fill_saved_defaults
+from read.errors import ConfigError, MissingFileError
 from read.model import ReadModel, build_read_model, save_pretrained
 from read.model.builder import cast_model
 from read.model.trainable import merge_lora, prepare_for_training
-from read.training.checkpoint import DS_TAG, META_FILE, read_json, resolve_checkpoint
+from read.model.weights import load_checked_state_dict
+from read.training.checkpoint import DS_TAG, META_FILE, CheckpointMeta, resolve_checkpoint
+from read.training.safe_checkpoint import scan_checkpoint, weights_only_loads
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +44,7 @@ def consolidated_state_dict(checkpoint: str | Path, exclude_frozen: bool) -> dic
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     noise = io.StringIO()
-    with contextlib.redirect_stdout(noise):  # the DeepSpeed helper prints its progress
+    with contextlib.redirect_stdout(noise), weights_only_loads():  # the DeepSpeed helper prints its progress
         state = get_fp32_state_dict_from_zero_checkpoint(
             str(checkpoint), tag=DS_TAG, exclude_frozen_parameters=exclude_frozen
         )
@@ -56,32 +62,34 @@ def rebuild_training_model(checkpoint: str | Path) -> tuple[ReadModel, ReadConfi
         (model in fp32 on the CPU, in eval mode; its config; its tokenizer).
 
     Raises:
-        ValueError: the checkpoint's weights do not fit the rebuilt model (names listed).
+        UnsafeFileError: a file of the checkpoint would run code if loaded (nothing is built or run).
+        FileFormatError: the checkpoint's weights do not fit the rebuilt model (names listed), or a file is damaged.
     """
     from read.training.engine import build_model, load_tokenizer
 
     ckpt = Path(checkpoint)
-    meta = read_json(ckpt / META_FILE)
-    cfg = ReadConfig.from_dict(meta["config"])
-    cfg.model.tokenizer_path = meta["tokenizer_path"]
+    scan_checkpoint(ckpt)
+    meta = CheckpointMeta.read(ckpt)
+    try:
+        cfg = ReadConfig.from_dict(fill_saved_defaults(meta.config))
+    except ConfigError as e:
+        raise ConfigError(f"{ckpt / META_FILE}: {e}") from e
+    cfg.model.tokenizer_path = meta.tokenizer_path
     tokenizer = load_tokenizer(cfg)
-    if meta["exclude_frozen"]:
+    if meta.exclude_frozen:
         model = build_model(cfg, tokenizer)  # frozen weights come from model.init, as in training
     else:
         model = build_read_model(
-            cfg, meta["vocab_size"], seg_token_id=meta["seg_token_id"], image_token_id=meta["image_token_id"]
+            cfg, meta.vocab_size, seg_token_id=meta.seg_token_id, image_token_id=meta.image_token_id
         )
     prepare_for_training(model, cfg)
     model.float()
-    state = consolidated_state_dict(ckpt, meta["exclude_frozen"])
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    lost = sorted(trainable & set(missing)) if meta["exclude_frozen"] else sorted(missing)
-    if lost or unexpected:
-        raise ValueError(
-            f"{ckpt}: weights do not match the model rebuilt from its config: {len(lost)} missing "
-            f"(e.g. {lost[:3]}), {len(unexpected)} unexpected (e.g. {sorted(unexpected)[:3]})"
-        )
+    state = consolidated_state_dict(ckpt, meta.exclude_frozen)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    load_checked_state_dict(
+        model, state, f"{ckpt} (weights)", required=trainable if meta.exclude_frozen else None,
+        hint=f"{META_FILE} and the DeepSpeed files come from different runs",
+    )  # fmt: skip
     model.eval()
     return model, cfg, tokenizer
 
@@ -102,7 +110,7 @@ def export_checkpoint(
     """
     ckpt = resolve_checkpoint(checkpoint, run_dir)
     if ckpt is None:
-        raise FileNotFoundError(f"{run_dir}: no checkpoint to export")
+        raise MissingFileError(f"{run_dir}: no checkpoint to export (is it a run directory, train.output_dir?)")
     model, cfg, tokenizer = rebuild_training_model(ckpt)
     merged = merge_lora(model)
     for p in model.parameters():

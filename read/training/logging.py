@@ -2,9 +2,10 @@
 one summary line per epoch.
 
 ``<run>/metrics.jsonl`` gets one line per logged step (``{"kind": "step", "step", "epoch", "loss", "ce_loss",
-"bce_loss", "dice_loss", "query_loss", "lr", "grad_norm", "samples_per_s", "applied"}``) and one per epoch
-(``{"kind": "epoch", ...}``). A resumed run appends; a step that was replayed after a crash appears twice, the
-later line wins.
+"bce_loss", "dice_loss", "query_loss", "lr", "grad_norm", "samples_per_s", "applied", "skipped_samples"}``, the last
+counting the bad samples skipped since the previous logged step) and one per epoch (``{"kind": "epoch", ...,
+"skipped_steps", "skipped_samples"}``: non-finite steps in total, bad samples skipped in this epoch). A resumed run
+appends; a step that was replayed after a crash appears twice, the later line wins.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from read.config import ReadConfig
+from read.errors import MissingPackageError
 from read.training.loop import LOSS_PARTS, StepResult, TrainState
 
 METRICS_FILE = "metrics.jsonl"
@@ -41,6 +43,8 @@ class ProgressLogger:
         self._epoch_sums: dict[str, float] = {}
         self._epoch_steps = 0
         self._epoch_samples = 0
+        self._epoch_skipped = 0
+        self._since_log_skipped = 0
         self._epoch_seconds = 0.0
         self._epoch_start = time.perf_counter()
         if not enabled:
@@ -62,7 +66,7 @@ class ProgressLogger:
 
     def start_epoch(self, epoch: int) -> None:
         self._epoch_sums = {}
-        self._epoch_steps = self._epoch_samples = 0
+        self._epoch_steps = self._epoch_samples = self._epoch_skipped = 0
         self._epoch_seconds = 0.0
         self._epoch_start = time.perf_counter()
         if self.bar is not None:
@@ -73,6 +77,8 @@ class ProgressLogger:
         if not self.enabled:
             return
         self._epoch_samples += result.samples
+        self._epoch_skipped += result.skipped_samples
+        self._since_log_skipped += result.skipped_samples
         self._epoch_seconds += result.seconds
         if result.applied:
             self._epoch_steps += 1
@@ -85,11 +91,13 @@ class ProgressLogger:
         row = {"step": state.global_step, "epoch": state.epoch, **result.losses, "samples_per_s": speed}
         self.bar.set_postfix(
             loss=_fmt(row["loss"]), ce=_fmt(row["ce_loss"]), bce=_fmt(row["bce_loss"]), dice=_fmt(row["dice_loss"]),
-            lr=f"{row['lr']:.2e}", sps=f"{speed:.2f}", refresh=False,
+            lr=f"{row['lr']:.2e}", sps=f"{speed:.2f}", bad=self._epoch_skipped, refresh=False,
         )  # fmt: skip
-        self._write({"kind": "step", **row, "applied": result.applied})
+        self._write({"kind": "step", **row, "applied": result.applied, "skipped_samples": self._since_log_skipped})
+        self._since_log_skipped = 0
         scalars = {f"train/{k}": v for k, v in row.items() if k not in ("step", "epoch")}
         scalars["train/skipped_steps"] = state.skipped_steps
+        scalars["train/skipped_samples"] = state.skipped_samples
         self._scalars(scalars, state.global_step)
 
     def end_epoch(self, state: TrainState, scores: dict[str, float] | None, is_best: bool) -> str:
@@ -102,6 +110,7 @@ class ProgressLogger:
             **{k: means.get(k, math.nan) for k in LOSS_PARTS},
             "samples_per_s": self._epoch_samples / self._epoch_seconds if self._epoch_seconds else math.nan,
             "skipped_steps": state.skipped_steps,
+            "skipped_samples": self._epoch_skipped,
             "minutes": (time.perf_counter() - self._epoch_start) / 60,
         }
         if scores is not None:
@@ -112,7 +121,7 @@ class ProgressLogger:
             f"dice {_fmt(summary['dice_loss'])}"
             f"{' query ' + _fmt(summary['query_loss']) if self.cfg.loss.query_weight > 0 else ''}) | "
             f"{summary['samples_per_s']:.2f} samples/s | "
-            f"skipped {state.skipped_steps} | {summary['minutes']:.1f} min"
+            f"skipped steps {state.skipped_steps}, bad samples {self._epoch_skipped} | {summary['minutes']:.1f} min"
         )
         if scores is not None:
             line += (
@@ -159,7 +168,7 @@ def _init_wandb(run_dir: Path, cfg: ReadConfig) -> Any:
     try:
         import wandb
     except ImportError as e:
-        raise ImportError("train.wandb=true needs the wandb package (pip install wandb)") from e
+        raise MissingPackageError("train.wandb=true needs the wandb package: pip install wandb") from e
     id_file = run_dir / "wandb_id.txt"
     run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
     id_file.write_text(run_id + "\n")

@@ -29,38 +29,28 @@ from torch import Tensor
 
 from read.batch import ReadBatch
 from read.data.mixture import ShardedSampler
+from read.errors import UserError
+from read.model.sasp import NonFiniteActivation
 
 logger = logging.getLogger(__name__)
 
 LOSS_PARTS = ("loss", "ce_loss", "bce_loss", "dice_loss", "query_loss")
 
 
-class NonFiniteLossError(RuntimeError):
-    """Too many optimizer steps in a row had a non-finite loss or gradient."""
-
-
-class NonFiniteActivation(FloatingPointError):
-    """A forward pass produced NaN/inf where the model cannot continue (see :func:`install_nonfinite_guard`)."""
+class NonFiniteLossError(UserError, RuntimeError):
+    """Too many optimizer steps in a row had a non-finite loss or gradient (the learning rate or the data)."""
 
 
 def install_nonfinite_guard(model: torch.nn.Module) -> None:
     """Make a non-finite forward pass end in :class:`NonFiniteActivation` instead of an input error.
 
     SasP rejects NaN/inf similarity maps with a ``ValueError`` (bad input), but during training NaN hidden states
-    mean a diverged step, which :func:`train_step` skips. A forward pre-hook on the point prompter checks its
-    tensor inputs and raises :class:`NonFiniteActivation` first. No-op for models without a point prompter.
+    mean a diverged step, which :func:`train_step` skips: this sets the point prompter's
+    ``nonfinite_is_divergence``. No-op for models without a point prompter.
     """
     prompter = getattr(model, "point_prompter", None)
-    if prompter is None or getattr(prompter, "_nonfinite_guard", False):
-        return
-
-    def check(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
-        for a in args:
-            if isinstance(a, Tensor) and a.is_floating_point() and not bool(torch.isfinite(a).all()):
-                raise NonFiniteActivation(f"non-finite {type(module).__name__} input of shape {tuple(a.shape)}")
-
-    prompter.register_forward_pre_hook(check)
-    prompter._nonfinite_guard = True
+    if prompter is not None:
+        prompter.nonfinite_is_divergence = True
 
 
 @dataclass
@@ -72,6 +62,8 @@ class TrainState:
         step_in_epoch: optimizer steps finished in ``epoch``.
         global_step: optimizer steps finished in total (applied or skipped).
         skipped_steps: steps skipped for a non-finite loss / gradient, in total.
+        skipped_samples: bad training samples (missing or truncated image, unusable annotation) drawn and skipped,
+            in total over all ranks.
         nonfinite_streak: skipped steps in a row, up to now.
         best_ciou: best validation cIoU so far (None before the first validation).
         best_epoch: the epoch that reached it.
@@ -82,6 +74,7 @@ class TrainState:
     step_in_epoch: int = 0
     global_step: int = 0
     skipped_steps: int = 0
+    skipped_samples: int = 0
     nonfinite_streak: int = 0
     best_ciou: float | None = None
     best_epoch: int | None = None
@@ -94,10 +87,12 @@ class TrainState:
     def from_dict(cls, data: dict[str, Any]) -> "TrainState":
         return cls(**data)
 
-    def record_step(self, applied: bool, max_nonfinite: int) -> None:
-        """Count one optimizer step; raises :class:`NonFiniteLossError` after ``max_nonfinite`` skips in a row."""
+    def record_step(self, applied: bool, max_nonfinite: int, skipped_samples: int = 0) -> None:
+        """Count one optimizer step (and the bad samples its data skipped); raises :class:`NonFiniteLossError` after
+        ``max_nonfinite`` non-finite steps in a row."""
         self.global_step += 1
         self.step_in_epoch += 1
+        self.skipped_samples += skipped_samples
         if applied:
             self.nonfinite_streak = 0
             return
@@ -138,12 +133,16 @@ def epoch_sampler(
 
 @dataclass
 class StepResult:
-    """One optimizer step, averaged over its micro-batches and all ranks (finite micro-batches only)."""
+    """One optimizer step, averaged over its micro-batches and all ranks (finite micro-batches only).
+
+    ``samples`` and ``skipped_samples`` (bad samples skipped while drawing its data) are totals over all ranks.
+    """
 
     losses: dict[str, float]
     applied: bool
     samples: int
     seconds: float
+    skipped_samples: int = 0
 
 
 def poison_gradients(engine: Any) -> None:
@@ -185,11 +184,12 @@ def train_step(engine: Any, micro_batches: Iterator[ReadBatch], device: torch.de
     start = time.perf_counter()
     lr = float(engine.get_lr()[0])  # the lr this step uses (the scheduler moves at the boundary)
     zero3 = engine.zero_optimization_stage() >= 3
-    sums = torch.zeros(len(LOSS_PARTS) + 2, dtype=torch.float64)  # parts, finite count, samples
+    sums = torch.zeros(len(LOSS_PARTS) + 3, dtype=torch.float64)  # parts, finite count, skipped samples, samples
     poisoned = False
     for _ in range(engine.gradient_accumulation_steps()):
         batch = next(micro_batches)
         sums[-1] += batch.num_images
+        sums[-2] += batch.skipped_samples
         if poisoned and not zero3:  # the step is lost already: skip the forward, keep the micro-step count
             poison_gradients(engine)
             engine.step()
@@ -223,11 +223,13 @@ def train_step(engine: Any, micro_batches: Iterator[ReadBatch], device: torch.de
     losses["lr"] = lr
     norm = engine.get_global_grad_norm()
     losses["grad_norm"] = float(norm) if norm is not None else math.nan
-    return StepResult(losses, bool(engine.was_step_applied()), int(sums[-1]), time.perf_counter() - start)
+    return StepResult(
+        losses, bool(engine.was_step_applied()), int(sums[-1]), time.perf_counter() - start, int(sums[-2])
+    )
 
 
 def validate(model: torch.nn.Module, tokenizer: Any, dataset: Any, cfg: Any) -> dict[str, float]:
-    """Teacher-forced validation with the shared evaluation code (``read.evaluation``, ``read.metrics``).
+    """Teacher-forced validation with the shared evaluation code (``read.evaluation``, ``read.evaluation.metrics``).
 
     Collective under ``torch.distributed``: every rank scores its share of the images (no duplicates) and gets the
     merged scores.

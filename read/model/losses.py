@@ -1,4 +1,5 @@
-"""Mask losses of LISA/READ (SPEC 3), and the optional query-word loss (not in READ; see :func:`query_word_loss`).
+"""Losses of LISA/READ (docs/reference.md#losses): the language-model cross-entropy and the mask losses, and the
+optional query-word loss (not in READ; see :func:`query_word_loss`); :func:`read_losses` combines them.
 
 Both mask helpers return ``sum over masks / (num_masks + 1e-8)``; the model divides by the total number of masks
 in the micro-batch, so the result is the mean over masks. Images without masks add nothing.
@@ -6,10 +7,13 @@ in the micro-batch, so the result is the mean over masks. Images without masks a
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from read.config import LossConfig
 from read.constants import IGNORE_INDEX
 
 _DICE_SCALE = 1000.0
@@ -117,3 +121,80 @@ def query_word_loss(seg_logits: Tensor, query_ids: Tensor) -> tuple[Tensor, int]
     picked = log_probs.gather(1, query_ids.clamp(min=0))  # (K, Q)
     per_seg = -(picked * valid).sum(1) / counts.clamp(min=1)  # (K,)
     return per_seg[has_query].mean(), int(has_query.sum())
+
+
+def causal_lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Token-averaged next-token cross-entropy over the positions whose label is not IGNORE_INDEX.
+
+    Arguments:
+        logits: (R, L, V), columns that are no class already -inf (``read.model.read_model.text_only_logits``);
+            labels: (R, L).
+    """
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:]
+    if not bool((shift_labels != IGNORE_INDEX).any()):
+        return shift_logits.sum() * 0.0
+    return F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=IGNORE_INDEX
+    )
+
+
+@dataclass
+class ReadLosses:
+    """The terms of the training loss (None where their inputs were not given).
+
+    Attributes:
+        total: the weighted sum of the terms that were computed (None when none was).
+        ce: language-model cross-entropy; bce, dice: mask losses (mean over masks); query: query-word loss.
+        num_masks: masks that the mask losses averaged over.
+    """
+
+    total: Tensor | None
+    ce: Tensor | None
+    bce: Tensor | None
+    dice: Tensor | None
+    query: Tensor | None
+    num_masks: int
+
+
+def read_losses(
+    cfg: LossConfig,
+    text_logits: Tensor | None,
+    labels: Tensor | None,
+    pred_masks: list[Tensor],
+    gt_masks: list[Tensor] | None,
+    query_logits: Tensor | None = None,
+    query_ids: Tensor | None = None,
+) -> ReadLosses:
+    """READ's loss, ``ce_weight * CE + bce_weight * BCE + dice_weight * Dice`` (+ ``query_weight * query``).
+
+    Arguments:
+        cfg: the loss weights.
+        text_logits: (R, L, V) LM logits with the non-word columns at -inf (``read.model.read_model.text_only_logits``),
+            or None without labels; labels: (R, L) or None (no CE term).
+        pred_masks: per row, (k_r, H, W) mask logits; gt_masks: per row, (k_r, H, W) targets, or None (no mask
+            terms). The counts must agree row by row.
+        query_logits: (K, V) query-head logits of the K prompts (row-major), or None (no query term);
+            query_ids: (R, Q) each row's query tokens.
+    """
+    ce = bce = dice = query = None
+    num_masks = 0
+    total: Tensor | None = None
+    if labels is not None:
+        ce = causal_lm_loss(text_logits, labels)
+        total = cfg.ce_weight * ce
+    if gt_masks is not None:
+        for r, (p, g) in enumerate(zip(pred_masks, gt_masks)):
+            if p.shape[0] != g.shape[0]:
+                raise ValueError(
+                    f"row {r}: {p.shape[0]} [SEG] token(s) in the input but {g.shape[0]} ground-truth mask(s)"
+                )
+        bce, dice, num_masks = mask_losses(pred_masks, gt_masks)
+        mask_total = cfg.bce_weight * bce + cfg.dice_weight * dice
+        total = mask_total if total is None else total + mask_total
+    if query_logits is not None:
+        per_row = torch.tensor([m.shape[0] for m in pred_masks], device=query_ids.device)  # [SEG]s per row
+        ids = query_ids.repeat_interleave(per_row, dim=0)  # (K, Q), in the prompts' row-major order
+        query, _ = query_word_loss(query_logits, ids)
+        total = cfg.query_weight * query if total is None else total + cfg.query_weight * query
+    return ReadLosses(total, ce, bce, dice, query, num_masks)

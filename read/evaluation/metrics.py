@@ -1,4 +1,4 @@
-"""Segmentation metrics shared by training validation and evaluation (SPEC 6.1).
+"""Segmentation metrics shared by training validation and evaluation (docs/reference.md#metrics).
 
 Conventions, as in LISA/READ/SESAME (``intersectionAndUnionGPU`` + ``validate``):
 

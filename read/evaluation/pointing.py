@@ -30,23 +30,25 @@ import torch
 from torch import Tensor
 
 from read.config import SaspConfig
-from read.sasp import NEGATIVE, POSITIVE, crop_geometry, select_points
+from read.model.sasp import NEGATIVE, POSITIVE, pad_geometry, select_points
 
 __all__ = ["peak_pixel", "pointing_record", "query_pointing", "summarize_pointing", "would_be_points"]
 
 _IGNORE = 255
 
 
-def peak_pixel(sim: Tensor, image_size: tuple[int, int]) -> tuple[int, int]:
+def peak_pixel(sim: Tensor, image_size: tuple[int, int], geometry: str = "reference") -> tuple[int, int]:
     """The pixel (x, y) at the centre of the most similar image-token cell.
 
     Arguments:
         sim: (N,) similarities over the ``side x side`` image tokens (raster order), N a perfect square.
         image_size: (H, W) of the original image.
+        geometry: how the crop is undone, as ``sasp.geometry`` (read.model.sasp.pad_geometry).
 
     Returns:
         (x, y) in original-image pixels: the cell's centre after undoing CLIP's resize-and-centre-crop, truncated
-        as SasP truncates its integer points (the first maximum in raster order wins a tie).
+        as SasP truncates its integer points (the first maximum in raster order wins a tie); a cell that the
+        reference geometry places outside the image is clamped to the image's edge.
     """
     if sim.dim() != 1:
         raise ValueError(f"peak_pixel: expected sim of shape (N,), got {tuple(sim.shape)}")
@@ -59,15 +61,17 @@ def peak_pixel(sim: Tensor, image_size: tuple[int, int]) -> tuple[int, int]:
     height, width = (int(v) for v in image_size)
     index = int(torch.argmax(sim.float()))  # first maximum
     row, col = divmod(index, side)
-    new_h, new_w, top, left = crop_geometry(height, width, side)
-    # float32 arithmetic, as SasP's cell centres (read.sasp._cell_pixels)
+    new_h, new_w, top, left = pad_geometry(height, width, side, geometry)
+    # float32 arithmetic, as SasP's cell centres (read.model.sasp._cell_pixels)
     scale = np.float32([height / new_h, width / new_w])
-    y = min(float((np.float32(row + top) + np.float32(0.5)) * scale[0]), height - 1)
-    x = min(float((np.float32(col + left) + np.float32(0.5)) * scale[1]), width - 1)
+    y = min(max(float((np.float32(row + top) + np.float32(0.5)) * scale[0]), 0.0), height - 1)
+    x = min(max(float((np.float32(col + left) + np.float32(0.5)) * scale[1]), 0.0), width - 1)
     return int(x), int(y)
 
 
-def would_be_points(sim: Tensor, image_size: tuple[int, int], sasp: SaspConfig, clip_size: int) -> tuple[Tensor, Tensor]:
+def would_be_points(
+    sim: Tensor, image_size: tuple[int, int], sasp: SaspConfig, clip_size: int
+) -> tuple[Tensor, Tensor]:
     """The points SasP would place from a similarity map with the given settings (for a model whose ``[SEG]`` does
     not use them, e.g. LISA).
 
@@ -80,16 +84,7 @@ def would_be_points(sim: Tensor, image_size: tuple[int, int], sasp: SaspConfig, 
     Returns:
         coords (K, 2) float (x, y) and labels (K,) long.
     """
-    coords, labels = select_points(
-        sim[None].float(),
-        [tuple(image_size)],
-        num_points=sasp.num_points,
-        t_pos=sasp.t_pos,
-        t_neg=sasp.t_neg,
-        down_sample=sasp.down_sample,
-        dtoc_radius=sasp.dtoc_radius,
-        clip_size=clip_size,
-    )
+    coords, labels = select_points(sim[None].float(), [tuple(image_size)], sasp, clip_size)
     return coords[0], labels[0]
 
 
@@ -104,7 +99,11 @@ def _pixel_values(target: np.ndarray, coords: np.ndarray) -> np.ndarray:
 
 
 def pointing_record(
-    sim: Tensor, target: np.ndarray, coords: Tensor | np.ndarray, labels: Tensor | np.ndarray
+    sim: Tensor,
+    target: np.ndarray,
+    coords: Tensor | np.ndarray,
+    labels: Tensor | np.ndarray,
+    geometry: str = "reference",
 ) -> dict[str, Any]:
     """The pointing figures of one query.
 
@@ -112,6 +111,7 @@ def pointing_record(
         sim: (N,) similarity map of the query's ``[SEG]``.
         target: (H, W) ground truth, 1 = object, 0 = background, 255 = ignore.
         coords: (K, 2) point prompts (x, y) in pixels; labels: (K,) in {1, 0, -1}.
+        geometry: ``sasp.geometry`` of the model, for the peak's pixel.
 
     Returns:
         {"peak_in_target": bool (None when the peak falls on an ignored pixel), "peak": [x, y], "pos_points",
@@ -125,7 +125,7 @@ def pointing_record(
     coords_np = coords_np.reshape(-1, 2)
     if labels_np.shape != (coords_np.shape[0],):
         raise ValueError(f"pointing_record: {coords_np.shape[0]} points but labels of shape {labels_np.shape}")
-    x, y = peak_pixel(sim.detach().cpu(), target.shape)
+    x, y = peak_pixel(sim.detach().cpu(), target.shape, geometry)
     peak_value = int(target[y, x])
     pos = _pixel_values(target, coords_np[labels_np == POSITIVE])
     neg = _pixel_values(target, coords_np[labels_np == NEGATIVE])
@@ -179,4 +179,4 @@ def query_pointing(
         return None
     if coords.shape[0] == 0:
         coords, labels = would_be_points(sim, target.shape, sasp, clip_size)
-    return pointing_record(sim, target, coords, labels)
+    return pointing_record(sim, target, coords, labels, sasp.geometry)

@@ -1,4 +1,5 @@
-"""Similarity as Points (SasP): READ's point prompts for SAM from the ``[SEG]``-to-image similarity map (SPEC 2).
+"""Similarity as Points (SasP): READ's point prompts for SAM from the ``[SEG]``-to-image similarity map
+(docs/reference.md#sasp).
 
 The similarity between the hidden state that predicts ``[SEG]`` and the N image-token hidden states is a
 ``side x side`` map (``side = sqrt(N)``, 24 for CLIP ViT-L/14-336). Two maps are derived from it:
@@ -15,13 +16,28 @@ Both maps undo CLIP's resize-and-centre-crop, so B is padded with -1 over the re
 there. Everything is batched: no Python loop over points or samples, and map A is evaluated only on the
 ``(2r+1)^2`` window of pixels around each point, as a product of small interpolation matrices.
 
-Deliberate differences from the reference ([FIX], SPEC 2.10):
+How the crop is undone is the ``geometry`` setting (:func:`pad_geometry`):
+
+* ``"reference"`` (the default) is READ's own arithmetic, which the released checkpoints were trained with: the map
+  of side ``size`` is padded by ``(int(side * (size / min(H, W))) - size) // 2`` on *both* sides of each axis. An
+  odd crop excess therefore loses one row or column, and where the truncation makes the excess -1 (short sides 333
+  at 336; 376 and 383 at 12 or 24) the padding is -1 and crops one row/column on each side;
+* ``"clip"`` is the CLIP processor's exact crop (:func:`read.data.transforms.clip_crop_geometry`): the excess is
+  split with the odd row or column at the bottom/right and is never negative. On the 12x12 map of READ-7B the two
+  place the cells differently on every image whose crop excess is odd: with the same labels, the points move by
+  32 px at 640x427 (or 427x640) and by 71 px at 1080x1920; where the reference's padding is -1 (e.g. 376x500) even
+  the chosen cells differ.
+
+Deliberate differences from the reference, in both geometries:
 
 * min-max normalisation cannot divide by zero: a map whose span is at most ``FLAT_TOLERANCE`` times its largest
-  magnitude counts as flat; it normalises to 0 and gives no positive and no negative point (#1);
-* the crop geometry is the CLIP processor's own (see :func:`crop_geometry`), so the padding is never negative (#2);
-* the similarity is a plain dot product computed in float32, not bfloat16 (SPEC 2.2);
-* ties are ordered by a stable sort, i.e. by raster index (#8).
+  magnitude counts as flat; it normalises to 0 and gives no positive and no negative point (the reference
+  produces NaN and then fails);
+* the similarity is a plain dot product computed in float32, not bfloat16;
+* ties are ordered by a stable sort, i.e. by raster index;
+* every map gets the same number of points, ``min(num_points, cells^2)``: where the reference geometry crops so
+  much of a tiny grid that fewer cells remain visible (grids of fewer than 8 cells a side only), the missing points
+  are neutral (inert in SAM) and sit at the image centre, where the reference returns fewer points.
 """
 
 from __future__ import annotations
@@ -34,7 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from read.config import SaspConfig
+from read.config import GEOMETRIES, SaspConfig
+from read.data.transforms import clip_crop_geometry
 
 # A map is flat when (max - min) <= FLAT_TOLERANCE * max(|min|, |max|): about 80 float32 ulps of its magnitude,
 # above the rounding noise of a constant map pushed through a matmul or an interpolation.
@@ -42,6 +59,8 @@ FLAT_TOLERANCE = 1e-5
 
 # Labels in SAM's convention (segment_anything PromptEncoder._embed_points).
 POSITIVE, NEGATIVE, NEUTRAL = 1, 0, -1
+
+# How the CLIP centre crop is undone (see the module docstring and pad_geometry).
 
 
 @dataclass
@@ -60,7 +79,8 @@ class PointPrompts:
 
 
 def similarity_map(image_hidden: Tensor, seg_hidden: Tensor) -> Tensor:
-    """Dot products between each image-token state and the ``[SEG]`` state, in float32 (SPEC 2.2).
+    """Dot products between each image-token state and the ``[SEG]`` state, in float32
+    (docs/reference.md#similarity-in-float32).
 
     The reference's CLIP-Surgery form reduces to this plain, unnormalised dot product for one text feature.
     Autocast is switched off, so the result is float32 even under a bf16 autocast (float64 inputs stay float64).
@@ -108,32 +128,42 @@ class _BatchedDot(torch.autograd.Function):
         return grad_image, grad_seg
 
 
-def crop_geometry(height: int, width: int, size: int) -> tuple[int, int, int, int]:
-    """Geometry of the CLIP processor's "resize the shortest side, then centre-crop a square" at ``size``.
-
-    As transformers' ``CLIPImageProcessor`` (``get_resize_output_image_size(default_to_square=False)`` and
-    ``center_crop``): the shortest side becomes exactly ``size``, the longest ``int(size * long / short)``, and the
-    crop starts at ``(resized - size) // 2`` on each axis, so an odd excess leaves the extra row/column at the
-    bottom/right. [FIX] SPEC 2.10 #2: the reference computes ``int(h * (size / min(h, w)))``, which comes out one
-    below ``size`` for some short sides (333 at 336; 376 and 383 at 12 and 24) and gives a padding of -1.
+def reference_geometry(height: int, width: int, size: int) -> tuple[int, int, int, int]:
+    """READ's undoing of the crop at ``size``: ``new = int(side * (size / min(H, W)))`` per axis, then a padding of
+    ``(new - size) // 2`` on both sides of that axis (negative: that many rows/columns are cut on each side).
 
     Arguments:
         height, width: original image size in pixels.
-        size: side of the square crop (CLIP input side, or the coarse grid side for map B).
+        size: side of the square map being padded (CLIP input side for map A, the coarse grid side for map B).
 
     Returns:
-        (resized_height, resized_width, top, left): the resized image before the crop and the crop offsets; undoing
-        the crop pads ``top`` rows above, ``resized_height - size - top`` below, and likewise for columns.
+        (padded_height, padded_width, top, left): the padded map's size and the padding before the first row and
+        column (the same padding follows the last ones); ``top``/``left`` are -1 where the map is cropped.
     """
-    if width <= height:
-        new_w, new_h = size, int(size * height / width)
-    else:
-        new_h, new_w = size, int(size * width / height)
-    return new_h, new_w, (new_h - size) // 2, (new_w - size) // 2
+    scale = size / min(height, width)
+    pad_h = (int(height * scale) - size) // 2
+    pad_w = (int(width * scale) - size) // 2
+    return size + 2 * pad_h, size + 2 * pad_w, pad_h, pad_w
 
 
-def full_resolution_map(sim: Tensor, image_size: tuple[int, int], clip_size: int = 336) -> Tensor:
-    """Map A over the whole image (SPEC 2.3): min-max normalised similarity, resized to the CLIP crop, padded with
+def pad_geometry(height: int, width: int, size: int, geometry: str = "reference") -> tuple[int, int, int, int]:
+    """The padded map that undoes the crop, in either geometry.
+
+    Returns:
+        (padded_height, padded_width, top, left): the padded map has ``top`` rows before the ``size`` map rows and
+        ``padded_height - size - top`` after them (likewise for columns); negative counts crop.
+    """
+    if geometry == "reference":
+        return reference_geometry(height, width, size)
+    if geometry == "clip":
+        return clip_crop_geometry(height, width, size)
+    raise ValueError(f"SasP: geometry must be one of {list(GEOMETRIES)}, got {geometry!r}")
+
+
+def full_resolution_map(
+    sim: Tensor, image_size: tuple[int, int], clip_size: int = 336, geometry: str = "reference"
+) -> Tensor:
+    """Map A over the whole image: min-max normalised similarity, resized to the CLIP crop, padded with
     0 where the crop cut the image, resized to the image. For visualisation; the point refinement evaluates the
     same map only around each point.
 
@@ -141,6 +171,7 @@ def full_resolution_map(sim: Tensor, image_size: tuple[int, int], clip_size: int
         sim: (N,) similarities of one ``[SEG]``.
         image_size: (H, W) original image size.
         clip_size: CLIP input side (336 for ViT-L/14-336).
+        geometry: "reference" or "clip" (see :func:`pad_geometry`).
 
     Returns:
         (H, W) float map, values in [0, 1] (all 0 for a flat map).
@@ -149,9 +180,12 @@ def full_resolution_map(sim: Tensor, image_size: tuple[int, int], clip_size: int
         raise ValueError(f"full_resolution_map: expected sim of shape (N,), got {tuple(sim.shape)}")
     side = _grid_side(sim.shape[0])
     height, width = _check_sizes([image_size], 1)[0]
+    _check_clip_size(clip_size, geometry)
+    if geometry not in GEOMETRIES:
+        raise ValueError(f"SasP: geometry must be one of {list(GEOMETRIES)}, got {geometry!r}")
     norm, _ = _min_max(sim.to(_compute_dtype(sim.dtype))[None])
     grid = F.interpolate(norm.view(1, 1, side, side), (clip_size, clip_size), mode="bilinear", align_corners=False)
-    new_h, new_w, top, left = crop_geometry(height, width, clip_size)
+    new_h, new_w, top, left = pad_geometry(height, width, clip_size, geometry)
     grid = F.pad(grid, (left, new_w - clip_size - left, top, new_h - clip_size - top))
     return F.interpolate(grid, (height, width), mode="bilinear", align_corners=False)[0, 0]
 
@@ -159,46 +193,47 @@ def full_resolution_map(sim: Tensor, image_size: tuple[int, int], clip_size: int
 def select_points(
     sim: Tensor,
     image_sizes: Sequence[tuple[int, int]],
-    num_points: int = 30,
-    t_pos: float = 0.8,
-    t_neg: float = 0.2,
-    down_sample: int = 2,
-    dtoc_radius: int = 10,
+    cfg: SaspConfig | None = None,
     clip_size: int = 336,
-    dtoc: bool = True,
 ) -> tuple[Tensor, Tensor]:
-    """Point prompts from similarity maps (SPEC 2.3-2.7), batched over B maps of mixed image sizes.
+    """Point prompts from similarity maps (docs/reference.md#sasp), batched over B maps of mixed image sizes.
 
-    Every sample gets the same number of points, K = min(num_points, (side // down_sample)^2), because every
-    visible coarse cell is exactly one of positive, negative or neutral and the geometry never crops a cell.
+    Every sample gets the same number of points, K = min(num_points, (side // down_sample)^2): every visible coarse
+    cell is exactly one of positive, negative or neutral. Cells that the reference geometry crops away are never
+    chosen (they still count in the min-max normalisation, as in the reference); if fewer than K cells are visible
+    (tiny grids only), the remaining points are neutral, at the image centre.
 
     * Order: positives by descending value, negatives by ascending value, neutrals in raster order; ties keep
       raster order (stable sort).
-    * Integer points (SPEC 2.6): cell (r, c) of the padded coarse map (h', w') gives
+    * Integer points: cell (r, c) of the padded coarse map (h', w') gives
       ``x = int(min((c + 0.5) * W / w', W - 1))`` and y likewise, computed in float32 like the reference.
-    * DtoC (SPEC 2.7): ``p~ = sum_k w_k g_k / sum_k w_k`` with ``w_k = exp(A_k - |g_k - p|^2)`` over the pixels
+    * DtoC: ``p~ = sum_k w_k g_k / sum_k w_k`` with ``w_k = exp(A_k - |g_k - p|^2)`` over the pixels
       of the image within ``dtoc_radius`` of p on each axis. With radius >= 10 this is the full-image sum up to
       rounding, because float32 exp(-d^2) is exactly 0 beyond d^2 ~ 103.
-    * A flat map ([FIX] SPEC 2.10 #1) gives K neutral points at the image centre ``(W // 2, H // 2)`` (refined).
+    * A flat map (docs/reference.md#flat-similarity-maps) gives K neutral points at the image centre
+      ``(W // 2, H // 2)`` (refined).
 
     Gradients flow from ``coords`` to ``sim`` through map A (bilinear resizes and min-max normalisation).
 
     Arguments:
         sim: (B, N) similarities, N a perfect square; float64 is kept, other dtypes are computed in float32.
         image_sizes: B pairs (H, W), the original image size of each map.
-        num_points: points per map (30 for READ-7B, 60 for the READ-13B evaluation).
-        t_pos, t_neg: thresholds on the min-max normalised coarse map, t_neg < t_pos.
-        down_sample: the coarse map has ``side // down_sample`` cells a side.
-        dtoc_radius: half-size in pixels of the soft-argmax window.
+        cfg: the SasP settings (default ``SaspConfig()``, READ-7B's): ``num_points`` per map (60 for the READ-13B
+            evaluation), the thresholds ``t_pos`` / ``t_neg`` on the min-max normalised coarse map, ``down_sample``
+            (the coarse map has ``side // down_sample`` cells a side), ``dtoc_radius`` (half-size in pixels of the
+            soft-argmax window), ``dtoc`` (false: the integer points as floats, no gradient to ``sim``; the paper's
+            "discrete points" ablation) and ``geometry``, how the crop is undone: "reference" (READ's arithmetic) or
+            "clip" (the CLIP processor's exact crop); see the module docstring.
         clip_size: CLIP input side, used to undo its centre crop (336 for ViT-L/14-336; tiny test models use
             their own, e.g. 32). The model passes ``cfg.model.vision.image_size``.
-        dtoc: refine by DtoC; False returns the integer points as floats, with no gradient to ``sim``.
 
     Returns:
         coords: (B, K, 2) (x, y) in original-image pixels, float32 (float64 for float64 ``sim``).
         labels: (B, K) long in {1, 0, -1}.
     """
-    _check_hparams(num_points, t_pos, t_neg, down_sample, dtoc_radius, clip_size)
+    cfg = cfg or SaspConfig()
+    _check_clip_size(clip_size, cfg.geometry)
+    num_points, down_sample, geometry = cfg.num_points, cfg.down_sample, cfg.geometry
     if sim.dim() != 2:
         raise ValueError(f"select_points: expected sim of shape (B, N), got {tuple(sim.shape)}")
     batch, n = sim.shape
@@ -219,69 +254,55 @@ def select_points(
     device = sim.device
     with torch.autocast(device_type=device.type, enabled=False):
         sim = sim.to(_compute_dtype(sim.dtype))
-        coarse_geo = _geometry(sizes, cells, device)
-        clip_geo = _geometry(sizes, clip_size, device)
+        coarse_geo = _geometry(sizes, cells, device, geometry)
+        clip_geo = _geometry(sizes, clip_size, device, geometry)
 
         # Map B: raw map -> coarse grid -> min-max; the -1 padding is never selected, so only the inner cells
-        # are ranked, and their raster order is the padded map's raster order.
+        # are ranked, and their raster order is the padded map's raster order. Cells a negative padding cuts away
+        # are not candidates.
         coarse = F.interpolate(sim.reshape(batch, 1, side, side), (cells, cells), mode="bilinear", align_corners=False)
         values, flat = _min_max(coarse.reshape(batch, cells * cells).detach())  # (B, M), (B,)
-        cell_index, labels = _rank_cells(values, flat, k, t_pos, t_neg)
+        visible = _visible_cells(cells, coarse_geo)  # (B, M)
+        cell_index, labels, chosen = _rank_cells(values, flat, visible, k, cfg.t_pos, cfg.t_neg)
         pixels = _cell_pixels(cell_index, cells, coarse_geo)  # (B, K, 2) long
         centre = torch.stack([coarse_geo.width // 2, coarse_geo.height // 2], -1)  # (B, 2)
-        pixels = torch.where(flat[:, None, None], centre[:, None, :], pixels)
+        use_centre = (flat[:, None] | ~chosen)[..., None]  # (B, K, 1)
+        pixels = torch.where(use_centre, centre[:, None, :], pixels)
 
-        if not dtoc:
+        if not cfg.dtoc:  # the "discrete points" ablation: integer points as floats, no gradient to sim
             return pixels.to(sim.dtype), labels
         # Map A and DtoC.
         norm, _ = _min_max(sim)  # (B, N)
-        coords = _refine(pixels, norm.view(batch, side, side), clip_geo, clip_size, dtoc_radius)
+        coords = _refine(pixels, norm.view(batch, side, side), clip_geo, clip_size, cfg.dtoc_radius)
     return coords, labels
 
 
-class SasP(nn.Module):
-    """Similarity as Points: hidden states to point prompts. Holds the hyper-parameters only (no weights).
+class NonFiniteActivation(FloatingPointError):
+    """The hidden states given to SasP hold NaN/inf: the forward pass cannot continue (during training, a diverged
+    step; see :attr:`SasP.nonfinite_is_divergence`)."""
 
-    READ-7B: num_points 30, t_pos 0.8, t_neg 0.2, down_sample 2; READ-13B evaluation: 60, 0.6, 0.2, 1.
+
+class SasP(nn.Module):
+    """Similarity as Points: hidden states to point prompts. Holds the settings only (no weights).
+
+    READ-7B: num_points 30, t_pos 0.8, t_neg 0.2, down_sample 2; READ-13B evaluation: 60, 0.6, 0.2, 1; the crop
+    geometry is READ's ("reference") unless ``cfg.geometry="clip"``.
+
+    Arguments:
+        cfg: the ``sasp`` config section (validated when it is built).
+        clip_size: the CLIP input side, ``cfg.model.vision.image_size``.
+        nonfinite_is_divergence: NaN/inf hidden states raise :class:`NonFiniteActivation` (a diverged training step,
+            which the training loop skips) instead of the ``ValueError`` of bad input. Training sets it.
     """
 
-    def __init__(
-        self,
-        *,
-        num_points: int = 30,
-        t_pos: float = 0.8,
-        t_neg: float = 0.2,
-        down_sample: int = 2,
-        dtoc_radius: int = 10,
-        clip_size: int = 336,
-        dtoc: bool = True,
-    ) -> None:
+    def __init__(self, cfg: SaspConfig, clip_size: int = 336, *, nonfinite_is_divergence: bool = False) -> None:
         super().__init__()
-        _check_hparams(num_points, t_pos, t_neg, down_sample, dtoc_radius, clip_size)
-        self.num_points = num_points
-        self.t_pos = t_pos
-        self.t_neg = t_neg
-        self.down_sample = down_sample
-        self.dtoc_radius = dtoc_radius
+        _check_clip_size(clip_size, cfg.geometry)
+        self.cfg = cfg
         self.clip_size = clip_size
-        self.dtoc = dtoc
+        self.nonfinite_is_divergence = nonfinite_is_divergence
 
-    @classmethod
-    def from_config(cls, cfg: SaspConfig, clip_size: int) -> SasP:
-        """Build from the ``sasp`` config section; ``clip_size`` is ``cfg.model.vision.image_size``."""
-        return cls(
-            num_points=cfg.num_points,
-            t_pos=cfg.t_pos,
-            t_neg=cfg.t_neg,
-            down_sample=cfg.down_sample,
-            dtoc_radius=cfg.dtoc_radius,
-            clip_size=clip_size,
-            dtoc=cfg.dtoc,
-        )
-
-    def forward(
-        self, image_hidden: Tensor, seg_hidden: Tensor, image_sizes: Sequence[tuple[int, int]]
-    ) -> PointPrompts:
+    def forward(self, image_hidden: Tensor, seg_hidden: Tensor, image_sizes: Sequence[tuple[int, int]]) -> PointPrompts:
         """Point prompts for B ``[SEG]`` tokens.
 
         Arguments:
@@ -292,25 +313,20 @@ class SasP(nn.Module):
         Returns:
             PointPrompts with coords (B, K, 2), labels (B, K), sim (B, N); see :func:`select_points`.
         """
+        if self.nonfinite_is_divergence:
+            for states in (image_hidden, seg_hidden):
+                if not bool(torch.isfinite(states).all()):
+                    raise NonFiniteActivation(f"non-finite SasP input of shape {tuple(states.shape)}")
         sim = similarity_map(image_hidden, seg_hidden)
-        coords, labels = select_points(
-            sim,
-            image_sizes,
-            num_points=self.num_points,
-            t_pos=self.t_pos,
-            t_neg=self.t_neg,
-            down_sample=self.down_sample,
-            dtoc_radius=self.dtoc_radius,
-            clip_size=self.clip_size,
-            dtoc=self.dtoc,
-        )
+        coords, labels = select_points(sim, image_sizes, self.cfg, self.clip_size)
         return PointPrompts(coords=coords, labels=labels, sim=sim.float())
 
     def extra_repr(self) -> str:
+        c = self.cfg
         return (
-            f"num_points={self.num_points}, t_pos={self.t_pos}, t_neg={self.t_neg}, "
-            f"down_sample={self.down_sample}, dtoc_radius={self.dtoc_radius}, clip_size={self.clip_size}, "
-            f"dtoc={self.dtoc}"
+            f"num_points={c.num_points}, t_pos={c.t_pos}, t_neg={c.t_neg}, down_sample={c.down_sample}, "
+            f"dtoc_radius={c.dtoc_radius}, clip_size={self.clip_size}, geometry={c.geometry!r}, "
+            f"dtoc={c.dtoc}"
         )
 
 
@@ -324,20 +340,38 @@ class _Geometry:
 
     height: Tensor  # original H
     width: Tensor  # original W
-    resized_h: Tensor  # resized (uncropped) height = padded map height
+    resized_h: Tensor  # padded map height (the resized, uncropped image in the "clip" geometry)
     resized_w: Tensor
-    top: Tensor  # crop offsets = leading padding
+    top: Tensor  # leading padding (the crop offset); -1 where the reference geometry crops
     left: Tensor
     scale_h: Tensor  # (B,) float32 H / resized_h: the float64 quotient rounded to float32, as in the reference
     scale_w: Tensor
 
 
-def _geometry(sizes: list[tuple[int, int]], size: int, device: torch.device) -> _Geometry:
-    rows = [(h, w, *crop_geometry(h, w, size)) for h, w in sizes]
+def _geometry(sizes: list[tuple[int, int]], size: int, device: torch.device, geometry: str) -> _Geometry:
+    rows = [(h, w, *pad_geometry(h, w, size, geometry)) for h, w in sizes]
     table = torch.tensor(rows, dtype=torch.long, device=device).view(len(sizes), 6)
-    scales = torch.tensor([(h / r[2], w / r[3]) for (h, w), r in zip(sizes, rows)], device=device)
+    # a map cropped to nothing (tiny grids only) has no cell to place; its scale is never used
+    scales = torch.tensor(
+        [(h / r[2] if r[2] > 0 else 1.0, w / r[3] if r[3] > 0 else 1.0) for (h, w), r in zip(sizes, rows)],
+        device=device,
+    )
     scales = scales.to(torch.float32).view(len(sizes), 2)
     return _Geometry(*table.unbind(1), *scales.unbind(1))
+
+
+def _visible_cells(cells: int, geo: _Geometry) -> Tensor:
+    """(B, cells * cells) bool, raster order: the inner cells that the padded coarse map keeps (all of them
+    unless the reference geometry's padding is negative)."""
+    index = torch.arange(cells, device=geo.top.device)
+
+    def axis(lead: Tensor, padded: Tensor) -> Tensor:
+        pos = index[None] + lead[:, None]  # (B, cells) position in the padded map
+        return (pos >= 0) & (pos < padded[:, None])
+
+    rows = axis(geo.top, geo.resized_h)
+    cols = axis(geo.left, geo.resized_w)
+    return (rows[:, :, None] & cols[:, None, :]).flatten(1)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -351,16 +385,12 @@ def _grid_side(n: int) -> int:
     return side
 
 
-def _check_hparams(
-    num_points: int, t_pos: float, t_neg: float, down_sample: int, dtoc_radius: int, clip_size: int
-) -> None:
-    for name, value in (("num_points", num_points), ("down_sample", down_sample), ("clip_size", clip_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"SasP: {name} must be an integer >= 1, got {value!r}")
-    if isinstance(dtoc_radius, bool) or not isinstance(dtoc_radius, int) or dtoc_radius < 0:
-        raise ValueError(f"SasP: dtoc_radius must be an integer >= 0, got {dtoc_radius!r}")
-    if not (math.isfinite(t_pos) and math.isfinite(t_neg) and t_neg < t_pos):
-        raise ValueError(f"SasP: need finite thresholds with t_neg < t_pos, got t_neg={t_neg}, t_pos={t_pos}")
+def _check_clip_size(clip_size: int, geometry: str) -> None:
+    if isinstance(clip_size, bool) or not isinstance(clip_size, int) or clip_size < 1:
+        raise ValueError(f"SasP: clip_size must be an integer >= 1, got {clip_size!r}")
+    if geometry == "reference" and clip_size < 3:
+        # a padding of -1 on each side would leave nothing of a 1- or 2-pixel crop
+        raise ValueError(f"SasP: the reference geometry needs clip_size >= 3, got {clip_size}")
 
 
 def _check_sizes(image_sizes: Sequence[tuple[int, int]], batch: int) -> list[tuple[int, int]]:
@@ -392,31 +422,37 @@ def _min_max(x: Tensor) -> tuple[Tensor, Tensor]:
     return torch.where(flat, torch.zeros_like(norm), norm), flat[:, 0]
 
 
-def _rank_cells(values: Tensor, flat: Tensor, k: int, t_pos: float, t_neg: float) -> tuple[Tensor, Tensor]:
-    """Pick K cells of the coarse map in SasP order (SPEC 2.5).
+def _rank_cells(
+    values: Tensor, flat: Tensor, visible: Tensor, k: int, t_pos: float, t_neg: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Pick K cells of the coarse map in SasP order.
 
     Arguments:
         values: (B, M) normalised inner cells of map B, raster order.
         flat: (B,) flat maps, whose cells are all neutral.
+        visible: (B, M) cells that the padded map keeps; the others are never chosen.
 
     Returns:
-        (B, K) raster indices into the inner cells and their (B, K) long labels.
+        (B, K) raster indices into the inner cells, their (B, K) long labels, and (B, K) bool: the slot holds a
+        visible cell (False only where fewer than K cells are visible; such slots are neutral).
     """
     neutral_group = torch.full_like(values, 2, dtype=torch.long)
     group = torch.where((values >= 0) & (values <= t_neg), 1, neutral_group)
-    group = torch.where(values >= t_pos, 0, group)  # 0 = positive, 1 = negative, 2 = neutral
+    group = torch.where(values >= t_pos, 0, group)  # 0 = positive, 1 = negative, 2 = neutral, 3 = cut away
     group = torch.where(flat[:, None], neutral_group, group)
+    group = torch.where(visible, group, torch.full_like(group, 3))
     # Two stable sorts: by key (descending value for positives, ascending for negatives, none for neutrals),
     # then by group; ties keep raster order.
     key = torch.where(group == 0, -values, torch.where(group == 1, values, torch.zeros_like(values)))
     order = key.argsort(dim=1, stable=True)
     order = order.gather(1, group.gather(1, order).argsort(dim=1, stable=True))[:, :k]
-    label_of_group = torch.tensor([POSITIVE, NEGATIVE, NEUTRAL], dtype=torch.long, device=values.device)
-    return order, label_of_group[group.gather(1, order)]
+    label_of_group = torch.tensor([POSITIVE, NEGATIVE, NEUTRAL, NEUTRAL], dtype=torch.long, device=values.device)
+    chosen_group = group.gather(1, order)
+    return order, label_of_group[chosen_group], chosen_group != 3
 
 
 def _cell_pixels(cell_index: Tensor, cells: int, geo: _Geometry) -> Tensor:
-    """Integer pixel (x, y) of coarse cell centres (SPEC 2.6), in float32 arithmetic like the reference.
+    """Integer pixel (x, y) of coarse cell centres, in float32 arithmetic like the reference.
 
     Arguments:
         cell_index: (B, K) raster indices into the ``cells x cells`` inner map.
@@ -487,7 +523,7 @@ def _axis_weights(pos: Tensor, out_size: Tensor, padded: Tensor, lead: Tensor, t
 
 
 def _refine(pixels: Tensor, norm: Tensor, geo: _Geometry, clip_size: int, radius: int) -> Tensor:
-    """DtoC (SPEC 2.7): soft-argmax of exp(A - d^2) over a (2r+1)^2 window of image pixels around each point.
+    """DtoC: soft-argmax of exp(A - d^2) over a (2r+1)^2 window of image pixels around each point.
 
     Arguments:
         pixels: (B, K, 2) long integer points (x, y), inside the image.

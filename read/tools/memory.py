@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from read.config import ModelConfig, ReadConfig, SamConfig, TextConfig, VisionConfig
+from read.model.trainable import GROUPS, group_of, trainable_groups
 
 if TYPE_CHECKING:
     from torch import nn
@@ -35,23 +36,6 @@ _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 _SAM_MASK_TOKENS = 4
 _SAM_IOU_HIDDEN = 256
 _SAM_MASK_IN_CHANS = 16
-
-# Parameter groups in the order they are reported.
-GROUPS = (
-    "embed_tokens",
-    "lm_layers",
-    "lm_norm",
-    "lm_head",
-    "vision_tower",
-    "projector",
-    "sam_image_encoder",
-    "sam_prompt_encoder",
-    "sam_mask_decoder",
-    "seg_projector",
-    "lora",
-    "new_rows",
-)
-
 
 # ----------------------------------------------------------------------------------------------------------
 # parameter counts
@@ -179,7 +163,7 @@ def num_new_tokens(cfg: ReadConfig, vocab_size: int) -> int:
 
 
 def count_parameters(cfg: ReadConfig, vocab_size: int, *, with_adapters: bool = True) -> dict[str, int]:
-    """Parameter count of every group in :data:`GROUPS`.
+    """Parameter count of every group in :data:`read.model.trainable.GROUPS`.
 
     Arguments:
         cfg: the config (``model`` sizes, ``lora``).
@@ -212,50 +196,10 @@ def count_parameters(cfg: ReadConfig, vocab_size: int, *, with_adapters: bool = 
     return counts
 
 
-def trainable_groups(cfg: ReadConfig) -> tuple[str, ...]:
-    """The parameter groups that train (:func:`read.model.trainable.set_trainable` sets ``requires_grad`` from this
-    list): the reference's set, ``sam_image_encoder`` with ``model.train_sam_image_encoder``, and
-    ``model.train_extra``."""
-    groups = ["sam_mask_decoder", "seg_projector", "lora"]
-    if cfg.lora.train_embeddings == "full":
-        groups += ["embed_tokens", "lm_head"]
-    elif cfg.lora.train_embeddings == "new_rows":
-        groups.append("new_rows")
-    if cfg.model.train_sam_image_encoder:
-        groups.append("sam_image_encoder")
-    groups += [g for g in cfg.model.train_extra if g not in groups]
-    return tuple(groups)
-
-
 def count_trainable(cfg: ReadConfig, vocab_size: int) -> int:
     """Trainable parameters after ``prepare_for_training``."""
     counts = count_parameters(cfg, vocab_size)
     return sum(counts[g] for g in trainable_groups(cfg))
-
-
-def group_of(name: str) -> str:
-    """The :data:`GROUPS` entry of a ``ReadModel`` parameter name (raises ValueError for an unknown name)."""
-    if ".lora_" in name:
-        return "lora"
-    if name.endswith(".rows") and ("embed_tokens." in name or name.startswith("llava.lm_head.")):
-        return "new_rows"
-    prefixes = (
-        ("llava.model.language_model.embed_tokens.", "embed_tokens"),
-        ("llava.model.language_model.layers.", "lm_layers"),
-        ("llava.model.language_model.norm.", "lm_norm"),
-        ("llava.lm_head.", "lm_head"),
-        ("llava.model.vision_tower.", "vision_tower"),
-        ("llava.model.multi_modal_projector.", "projector"),
-        ("sam.image_encoder.", "sam_image_encoder"),
-        ("sam.prompt_encoder.", "sam_prompt_encoder"),
-        ("sam.mask_decoder.", "sam_mask_decoder"),
-        ("seg_projector.", "seg_projector"),
-        ("query_head.", "seg_projector"),
-    )
-    for prefix, group in prefixes:
-        if name.startswith(prefix):
-            return group
-    raise ValueError(f"parameter {name!r} belongs to no known group")
 
 
 def measured_parameter_counts(model: nn.Module, trainable_only: bool = False) -> dict[str, int]:
@@ -476,7 +420,11 @@ def estimate_memory(
     notes = []
     if training:
         grads, opt = optimizer_bytes(
-            cfg, trainable, optimizer=optimizer, zero_stage=zero_stage, world_size=world_size,
+            cfg,
+            trainable,
+            optimizer=optimizer,
+            zero_stage=zero_stage,
+            world_size=world_size,
             offload_optimizer=offload_optimizer,
         )
         if optimizer == "deepspeed" and zero_stage == 3:
