@@ -15,7 +15,14 @@ ROOT = Path(__file__).resolve().parents[1]
 YAMLS = sorted((ROOT / "configs").glob("*.yaml"))
 DS_JSONS = sorted((ROOT / "configs" / "deepspeed").glob("*.json"))
 PRETRAIN_YAMLS = sorted((ROOT / "configs" / "pretrain").glob("*.yaml"))
-RECIPES = ["read_7b_reasonseg", "read_13b_reasonseg", "refcoco", "lisa_7b_reasonseg", "synthetic_tiny"]
+RECIPES = [
+    "read_7b_reasonseg",
+    "read_13b_reasonseg",
+    "refcoco",
+    "lisa_7b_reasonseg",
+    "synthetic_tiny",
+    "synthetic_tiny_scratch",
+]
 
 
 def test_the_recipes_exist():
