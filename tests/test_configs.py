@@ -60,7 +60,7 @@ def test_deepspeed_configs_fill_from_every_recipe(ds_json, name):
 @pytest.mark.parametrize("path", PRETRAIN_YAMLS, ids=[p.name for p in PRETRAIN_YAMLS])
 def test_every_pretraining_yaml_parses_and_names_a_model_config(path):
     cfg = load_pretrain_config(path)
-    assert load_config(ROOT / cfg.model_config).model.text.vocab_size == cfg.tokenizer.vocab_size + 3
+    assert load_config(ROOT / cfg.model_config).model.text.vocab_size == cfg.tokenizer.vocab_size + 2
 
 
 def test_reference_hyper_parameters():

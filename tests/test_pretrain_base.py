@@ -24,9 +24,10 @@ SHIPPED = ROOT / "assets" / "synthetic_base"
 
 
 def _tiny_schedule(tmp_path: Path) -> list[str]:
-    """Overrides: a 400-piece vocabulary (a model config derived from the quickstart's) and a few steps a stage."""
+    """Overrides: a 400-piece vocabulary (a model config derived from the quickstart's: 400 pieces + <im_start>,
+    <im_end>) and a few steps a stage."""
     model_cfg = tmp_path / "model.yaml"
-    model_cfg.write_text(f"base: {ROOT / 'configs' / 'synthetic_tiny.yaml'}\nmodel: {{text: {{vocab_size: 403}}}}\n")
+    model_cfg.write_text(f"base: {ROOT / 'configs' / 'synthetic_tiny.yaml'}\nmodel: {{text: {{vocab_size: 402}}}}\n")
     return [f"model_config={model_cfg}", "tokenizer.vocab_size=400", "tokenizer.corpus_scenes=40",
             "alignment.steps=3", "alignment.batch_size=2", "instruction.steps=3", "instruction.batch_size=2",
             "sam.steps=3", "sam.batch_size=2", "eval_scenes=2"]  # fmt: skip
@@ -42,7 +43,7 @@ def test_shipped_config_parses_and_matches_the_quickstart_model():
     cfg = load_pretrain_config(ROOT / "configs" / "pretrain" / "synthetic_base.yaml")
     model = load_config(ROOT / cfg.model_config).model
     assert model.init == "llava" and model.llava_path == "assets/synthetic_base/llava"
-    assert model.text.vocab_size == cfg.tokenizer.vocab_size + 3  # + <im_start>, <im_end>, <image>
+    assert model.text.vocab_size == cfg.tokenizer.vocab_size + 2  # + <im_start>, <im_end>
     assert cfg.alignment.train == ["vision_tower", "projector", "language_model"]
     assert cfg.instruction.train == ["projector", "language_model"]
 
@@ -107,7 +108,8 @@ def test_pretrain_base_end_to_end_is_deterministic_and_loads_as_a_read_base(tmp_
     from read.tokenizer import ReadTokenizer
 
     tokenizer = ReadTokenizer.from_pretrained(first / "llava")
-    assert tokenizer.added_tokens == {"<im_start>": 400, "<im_end>": 401, "<image>": 402, "[SEG]": 403}
+    # READ's layout: <image> last, as the LM's classes need (the base LLaVA had its own <image> at 402)
+    assert tokenizer.added_tokens == {"<im_start>": 400, "<im_end>": 401, "[SEG]": 402, "<image>": 403}
     cfg = load_config(tmp_path / "model.yaml", [f"model.llava_path={first / 'llava'}",
                                                 f"model.sam_checkpoint={first / 'sam.safetensors'}"])  # fmt: skip
     model = build_from_base(cfg, tokenizer)
@@ -115,9 +117,10 @@ def test_pretrain_base_end_to_end_is_deterministic_and_loads_as_a_read_base(tmp_
 
     base = load_file(str(first / "llava" / "model.safetensors"))
     rows = base["language_model.model.embed_tokens.weight"]  # the llava-hf key layout
-    assert rows.shape[0] == 403
+    assert rows.shape[0] == 403  # pieces, <im_start>, <im_end>, the base's own <image>
     ours = model.llava.model.language_model.embed_tokens.weight
-    assert torch.equal(ours[:403], rows) and ours.shape[0] == 404  # the [SEG] row is new
+    assert torch.equal(ours[:402], rows[:402]) and ours.shape[0] == 404  # [SEG] and <image> rows are new
+    assert not torch.equal(ours[402], rows[402])
     sam = load_file(str(first / "sam.safetensors"))
     assert torch.equal(model.sam.mask_decoder.iou_token.weight, sam["mask_decoder.iou_token.weight"])
 

@@ -5,9 +5,12 @@
     <out>/sam.safetensors     the SAM weights (model.sam_checkpoint)
     <out>/manifest.json       the settings, the command, SHA-256 of every file, timings and held-out figures
 
-The base vocabulary is the tokenizer's sentencepiece pieces followed by ``<im_start>``, ``<im_end>`` and
-``<image>`` (as a LLaVA checkpoint brings its own image tokens); ``[SEG]`` comes after them and is not part of the
-base: READ's training adds its rows (``read.model.build_from_base``).
+Vocabulary. The base's text vocabulary (``model.text.vocab_size`` of the fine-tuning config) is the V sentencepiece
+pieces followed by ``<im_start>`` and ``<im_end>``. The tokenizer written into ``<out>/llava`` is READ's: it adds
+``[SEG]`` (V + 2) and ``<image>`` (V + 3, last, as the LM's classes require: ``read.model.read_model.text_only_logits``).
+The base LLaVA itself is pre-trained with its own placeholder, ``<image>`` = V + 2, and V + 3 embedding rows (as a
+llava-hf checkpoint brings its own ``<image>`` row); READ's fine-tuning keeps the first V + 2 rows and gives ``[SEG]``
+and ``<image>`` fresh ones (``read.model.build_from_base``), so no row of the base ever saw ``[SEG]``.
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ logger = logging.getLogger(__name__)
 LLAVA_DIR = "llava"
 SAM_FILE = "sam.safetensors"
 MANIFEST_FILE = "manifest.json"
-BASE_TOKENS = (IM_START_TOKEN, IM_END_TOKEN, IMAGE_TOKEN)
+TEXT_TOKENS = (IM_START_TOKEN, IM_END_TOKEN)  # the added tokens of the base's text vocabulary
+PRETRAIN_TOKENS = (*TEXT_TOKENS, IMAGE_TOKEN)  # the base LLaVA's own vocabulary: the placeholder last
 
 
 def model_config(cfg: PretrainConfig, root: Path) -> ReadConfig:
@@ -89,12 +93,22 @@ def tokenizer_corpus(cfg: PretrainConfig) -> list[str]:
 
 
 def build_tokenizer(cfg: PretrainConfig, directory: Path) -> ReadTokenizer:
-    """Train the base tokenizer (deterministic, one thread) and write it into ``directory``."""
+    """Train the sentencepiece model (deterministic, one thread) and write READ's tokenizer over it into
+    ``directory``: the pieces, ``<im_start>``, ``<im_end>``, ``[SEG]``, ``<image>``."""
     train_sentencepiece(tokenizer_corpus(cfg), cfg.tokenizer.vocab_size, directory / SP_MODEL_FILE)
     pieces = cfg.tokenizer.vocab_size
-    tokenizer = ReadTokenizer(directory / SP_MODEL_FILE, {t: pieces + i for i, t in enumerate(BASE_TOKENS)})
+    tokenizer = ReadTokenizer(directory / SP_MODEL_FILE, {t: pieces + i for i, t in enumerate(TEXT_TOKENS)})
     tokenizer.save_pretrained(directory)
     return tokenizer
+
+
+def pretraining_tokenizer(directory: Path) -> ReadTokenizer:
+    """The tokenizer the base LLaVA is pre-trained with: the same pieces, then ``<im_start>``, ``<im_end>`` and
+    its own ``<image>`` (V + 2, the last of its V + 3 rows; the tokenizer's ``[SEG]`` id lies past them and never
+    occurs)."""
+    sp_model = directory / SP_MODEL_FILE
+    pieces = ReadTokenizer(sp_model).vocab_size
+    return ReadTokenizer(sp_model, {t: pieces + i for i, t in enumerate(PRETRAIN_TOKENS)})
 
 
 def sha256(path: Path) -> str:
@@ -115,13 +129,14 @@ def pretrain_llava(cfg: PretrainConfig, read_cfg: ReadConfig, out: Path) -> dict
     """Both LLaVA stages from random weights (seeded with ``cfg.seed``); writes ``<out>/llava`` (the tokenizer must
     already be there). Returns the stage histories, held-out figures and timings."""
     directory = out / LLAVA_DIR
-    tokenizer = ReadTokenizer.from_pretrained(directory)
-    base_vocab = tokenizer.vocab_size + len(BASE_TOKENS)
-    if read_cfg.model.text.vocab_size != base_vocab:
+    tokenizer = pretraining_tokenizer(directory)
+    text_vocab = tokenizer.vocab_size + len(TEXT_TOKENS)
+    if read_cfg.model.text.vocab_size != text_vocab:
         raise ValueError(
-            f"{cfg.model_config}: model.text.vocab_size is {read_cfg.model.text.vocab_size}, but the base vocabulary "
-            f"is {base_vocab} ({tokenizer.vocab_size} pieces + {', '.join(BASE_TOKENS)})"
+            f"{cfg.model_config}: model.text.vocab_size is {read_cfg.model.text.vocab_size}, but the base's text "
+            f"vocabulary is {text_vocab} ({tokenizer.vocab_size} pieces + {', '.join(TEXT_TOKENS)})"
         )
+    base_vocab = text_vocab + 1  # and the base's own <image>
     read_cfg.loss.query_weight = 0.0
     torch.manual_seed(cfg.seed)
     model = build_read_model(read_cfg, base_vocab, seg_token_id=tokenizer.seg_token_id,
