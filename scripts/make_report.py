@@ -384,7 +384,9 @@ def chance_scores(dataset_dir: str, split: str = "val") -> dict[str, Any]:
 
     Returns:
         {"random_object": {"giou", "ciou"} (the expectation when one of the scene's objects is picked uniformly),
-        "all_objects": {"giou", "ciou"} (the union of every object), "num_images": int}, also per "short" / "long".
+        "all_objects": {"giou", "ciou"} (the union of every object), "num_images": int}, also per "short" / "long";
+        and "target_area_fraction": the mean fraction of an image that its target covers, the chance that a point
+        placed without looking (the similarity map's peak, a positive SasP point) falls inside the target.
     """
     meta_path = Path(dataset_dir) / "reason_seg" / "ReasonSeg" / "synthetic_config.json"
     if not meta_path.is_file():
@@ -397,9 +399,11 @@ def chance_scores(dataset_dir: str, split: str = "val") -> dict[str, Any]:
     cfg = SyntheticConfig(**raw)
     acc = {g: {"random_object": [[], 0.0, 0.0], "all_objects": [[], 0.0, 0.0]} for g in ("overall", "short", "long")}
     num = int(meta["counts"].get(split, 0))
+    area_fractions = []
     for i in range(num):
         _, annotation, objects = generate_scene(cfg, split, i, int(meta["seed"]))
         target = objects[annotation["synthetic"]["target"]].visible
+        area_fractions.append(float(np.count_nonzero(target)) / target.size)
         groups = ("overall", "long" if annotation["is_sentence"] else "short")
         # Expected intersection/union of a uniformly random pick: their means over the objects.
         pairs = [intersection_union(o.visible, target) for o in objects]
@@ -415,7 +419,7 @@ def chance_scores(dataset_dir: str, split: str = "val") -> dict[str, Any]:
             acc[g]["all_objects"][0].append(mask_iou(ui, uu))
             acc[g]["all_objects"][1] += ui
             acc[g]["all_objects"][2] += uu
-    out: dict[str, Any] = {"num_images": num}
+    out: dict[str, Any] = {"num_images": num, "target_area_fraction": float(np.mean(area_fractions)) if num else None}
     for g, by_name in acc.items():
         out[g] = {
             name: {"giou": float(np.mean(v[0])) if v[0] else float("nan"), "ciou": v[1] / v[2] if v[2] else 0.0,
@@ -476,6 +480,9 @@ def main(argv: list[str] | None = None) -> Path:
             f"query-blind guesses on the same images: a random object gIoU {c['random_object']['giou']:.3f}, "
             f"all objects gIoU {c['all_objects']['giou']:.3f}"
         )
+        area = metrics["chance"].get("target_area_fraction")
+        if area is not None:
+            print(f"a point placed at random lies inside the target {_pct(area)} of the time (mean target area)")
     print(path)
     return path
 

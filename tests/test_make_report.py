@@ -143,7 +143,9 @@ def test_report_adds_validation_curve_and_query_blind_scores(tmp_path, capsys):
     metrics = json.loads(path.read_text())
     assert metrics["chance"]["num_images"] == 4
     assert metrics["chance"]["overall"]["random_object"]["giou"] == pytest.approx(0.5, abs=1e-5)
-    assert out[-1] == str(path) and "a random object gIoU 0.500" in out[-2]
+    assert out[-1] == str(path) and "a random object gIoU 0.500" in out[-3]
+    area = metrics["chance"]["target_area_fraction"]
+    assert 0 < area < 0.5 and out[-2].endswith(f"inside the target {100 * area:.1f} % of the time (mean target area)")
     with pytest.raises(SystemExit, match="synthetic_config.json"):
         report.main(["--out", str(tmp_path / "r2"), "--dataset_dir", str(tmp_path / "none"), "--run", name,
                      train_dir, eval_dir])  # fmt: skip
@@ -168,12 +170,14 @@ def test_chance_scores_of_a_written_split(tmp_path):
     make_synthetic(str(tmp_path / "two"), 0, 8, 0, seed=5, cfg=two)
     scores = report.chance_scores(str(tmp_path / "two"), "val")
     assert scores["overall"]["random_object"]["giou"] == pytest.approx(0.5, abs=1e-5)
-    want = []
+    want, areas = [], []
     for i in range(8):
         _, ann, objects = generate_scene(two, "val", i, 5)
         target = objects[ann["synthetic"]["target"]].visible.sum()
         want.append(target / sum(int(o.visible.sum()) for o in objects))
+        areas.append(target / 96**2)
     assert scores["overall"]["all_objects"]["giou"] == pytest.approx(float(np.mean(want)), abs=1e-5)
+    assert scores["target_area_fraction"] == pytest.approx(float(np.mean(areas)), rel=1e-9)
     assert scores["short"]["random_object"]["num_masks"] + scores["long"]["random_object"]["num_masks"] == 8
     with pytest.raises(FileNotFoundError, match="synthetic_config.json"):
         report.chance_scores(str(tmp_path / "missing"), "val")

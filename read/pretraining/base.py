@@ -7,10 +7,11 @@
 
 Vocabulary. The base's text vocabulary (``model.text.vocab_size`` of the fine-tuning config) is the V sentencepiece
 pieces followed by ``<im_start>`` and ``<im_end>``. The tokenizer written into ``<out>/llava`` is READ's: it adds
-``[SEG]`` (V + 2) and ``<image>`` (V + 3, last, as the LM's classes require: ``read.model.read_model.text_only_logits``).
-The base LLaVA itself is pre-trained with its own placeholder, ``<image>`` = V + 2, and V + 3 embedding rows (as a
-llava-hf checkpoint brings its own ``<image>`` row); READ's fine-tuning keeps the first V + 2 rows and gives ``[SEG]``
-and ``<image>`` fresh ones (``read.model.build_from_base``), so no row of the base ever saw ``[SEG]``.
+``[SEG]`` (V + 2) and ``<image>`` (V + 3, last, as the LM's classes require:
+``read.model.read_model.text_only_logits``). The base LLaVA itself is pre-trained with its own placeholder,
+``<image>`` = V + 2, and V + 3 embedding rows (as a llava-hf checkpoint brings its own ``<image>`` row); READ's
+fine-tuning keeps the first V + 2 rows and gives ``[SEG]`` and ``<image>`` fresh ones
+(``read.model.build_from_base``), so no row of the base ever saw ``[SEG]``.
 """
 
 from __future__ import annotations
