@@ -52,7 +52,8 @@ class Prediction:
         found: a ``[SEG]`` was generated and its first mask is non-empty (FP-RefCOCO's existence rule).
         point_coords: (k, P, 2) SasP points (x, y) in image pixels; P = 0 without SasP.
         point_labels: (k, P) labels in {1, 0, -1}.
-        similarity: (k, N) similarity over the N image tokens (empty without SasP).
+        similarity: (k, N) similarity over the N image tokens (without SasP, the map of the ``[SEG]`` state, which
+            prompts nothing).
     """
 
     answer: str

@@ -81,7 +81,8 @@ def similarity_panels(
 
     Arguments:
         image: (H, W, 3) uint8 RGB, the image the prediction is about.
-        pred: the prediction; ``pred.similarity`` is (k, N), empty when SasP was off.
+        pred: the prediction; ``pred.similarity`` is (k, N); with SasP off there are no points and no panel (the
+            ``[SEG]`` state's map then prompts nothing; the evaluation's pointing figures still use it).
         clip_size: CLIP input side (``cfg.model.vision.image_size``), to undo its centre crop.
         geometry: how the crop is undone, as the SasP module that made the points ("reference" or "clip").
 
@@ -89,7 +90,7 @@ def similarity_panels(
         (H, k * W + (k - 1) * SEPARATOR, 3) uint8, or None when there is no map (no ``[SEG]``, or SasP off).
     """
     k = pred.similarity.shape[0]
-    if k == 0 or pred.similarity.shape[1] == 0:
+    if k == 0 or pred.similarity.shape[1] == 0 or pred.point_coords.shape[1] == 0:
         return None
     h = image.shape[0]
     bar = np.full((h, SEPARATOR, 3), 255, dtype=np.uint8)
