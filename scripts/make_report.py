@@ -144,8 +144,13 @@ def _pct(value: float | None) -> str:
 
 
 def loss_tags(scalars: dict[str, list[tuple[int, float]]]) -> list[str]:
-    """The training loss tags, total loss first (tags containing "loss" and not "val"/"eval")."""
-    tags = [t for t in scalars if "loss" in t.lower() and "val" not in t.lower() and "eval" not in t.lower()]
+    """The training loss tags, total loss first (tags containing "loss" and not "val"/"eval"); a term that is 0 at
+    every logged step (switched off, e.g. the query-word loss with ``loss.query_weight`` 0) is left out."""
+    tags = [
+        t
+        for t, points in scalars.items()
+        if "loss" in t.lower() and "val" not in t.lower() and "eval" not in t.lower() and any(v != 0 for _, v in points)
+    ]
     return sorted(tags, key=lambda t: (t.rsplit("/", 1)[-1] not in ("loss", "total_loss"), t))
 
 

@@ -76,6 +76,10 @@ def test_read_scalars_from_metrics_jsonl(tmp_path):
     assert set(scalars) == {"train/loss", "train/ce_loss", "train/bce_loss", "train/dice_loss", "train/lr",
                             "train/samples_per_s"}  # fmt: skip
     assert report.loss_tags(scalars) == ["train/loss", "train/bce_loss", "train/ce_loss", "train/dice_loss"]
+    scalars["train/query_loss"] = [(s, 0.0) for s in range(1, 6)]  # switched off: not drawn
+    assert "train/query_loss" not in report.loss_tags(scalars)
+    scalars["train/query_loss"][2] = (3, 0.5)
+    assert "train/query_loss" in report.loss_tags(scalars)
 
 
 def test_smooth_is_a_trailing_mean():
