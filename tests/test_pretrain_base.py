@@ -125,6 +125,32 @@ def test_pretrain_base_end_to_end_is_deterministic_and_loads_as_a_read_base(tmp_
     assert torch.equal(model.sam.mask_decoder.iou_token.weight, sam["mask_decoder.iou_token.weight"])
 
 
+def test_the_shipped_base_is_what_its_manifest_says_and_loads_in_reads_layout():
+    from read.model.builder import build_from_base
+    from read.pretraining.base import sha256
+    from read.tokenizer import ReadTokenizer
+
+    manifest = json.loads((SHIPPED / "manifest.json").read_text())
+    assert manifest["command"] == (
+        "python scripts/pretrain_base.py --config configs/pretrain/synthetic_base.yaml --out assets/synthetic_base "
+        "--threads 1"
+    )
+    assert manifest["config"] == load_pretrain_config(ROOT / "configs" / "pretrain" / "synthetic_base.yaml").to_dict()
+    files = {str(p.relative_to(SHIPPED)) for p in SHIPPED.rglob("*") if p.is_file() and p.name != "manifest.json"}
+    assert files == set(manifest["files"])
+    for name, digest in manifest["files"].items():
+        assert sha256(SHIPPED / name) == digest, name
+    tokenizer = ReadTokenizer.from_pretrained(SHIPPED / "llava")
+    assert (tokenizer.seg_token_id, tokenizer.image_token_id, len(tokenizer)) == (1502, 1503, 1504)
+    paths = [f"model.llava_path={SHIPPED / 'llava'}", f"model.sam_checkpoint={SHIPPED / 'sam.safetensors'}"]
+    cfg = load_config(ROOT / "configs" / "synthetic_tiny.yaml", paths)
+    model = build_from_base(cfg, tokenizer)
+    from safetensors.torch import load_file
+
+    rows = load_file(str(SHIPPED / "llava" / "model.safetensors"))["language_model.model.embed_tokens.weight"]
+    assert torch.equal(model.llava.model.language_model.embed_tokens.weight[:1502], rows[:1502])
+
+
 @pytest.mark.slow
 def test_the_script_reproduces_the_shipped_base(tmp_path):
     """Reruns the exact command of the shipped manifest. The tokenizer is the same byte for byte on any machine. The
