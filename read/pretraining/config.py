@@ -36,14 +36,20 @@ class TokenizerSettings:
 
 
 @dataclass
-class LlavaStage:
-    """One LLaVA stage: AdamW, linear warm-up then linear decay to 0, gradient clipping 1."""
+class Schedule:
+    """AdamW, linear warm-up then linear decay to 0, gradient clipping 1."""
 
     steps: int = 1000
-    batch_size: int = 16  # images per step (one conversation each)
+    batch_size: int = 16
     lr: float = 1e-3
     warmup_steps: int = 100
     weight_decay: float = 0.0
+
+
+@dataclass
+class LlavaStage(Schedule):
+    """One LLaVA stage (``batch_size``: images per step, one conversation each)."""
+
     train: list[str] = field(default_factory=lambda: list(LLAVA_GROUPS))  # of LLAVA_GROUPS
     turns: int = 1  # question/answer turns per conversation (instruction stage)
     caption_fraction: float = 1.0  # share of conversations that are a caption request (the rest are questions)
@@ -51,14 +57,11 @@ class LlavaStage:
 
 
 @dataclass
-class SamStage:
-    """SAM pre-training: every object of every scene is segmented from a prompt drawn per step."""
+class SamStage(Schedule):
+    """SAM pre-training: every object of every scene is segmented from a prompt drawn per step (``batch_size``:
+    scenes per step, all their objects)."""
 
-    steps: int = 1000
-    batch_size: int = 8  # scenes per step (all their objects)
-    lr: float = 1e-3
-    warmup_steps: int = 100
-    weight_decay: float = 0.0
+    batch_size: int = 8
     max_positive: int = 6  # points inside the object: 1 .. max_positive
     max_negative: int = 6  # points outside it: 0 .. max_negative
     prompt_mix: dict[str, float] = field(default_factory=lambda: {"points": 0.5, "box": 0.25, "box_points": 0.25})
