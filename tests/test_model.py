@@ -86,10 +86,11 @@ def test_image_tokens_found_by_id_even_when_shifted():
 
 
 def test_lisa_model_returns_the_similarity_map_without_points_or_gradient():
-    """Without SasP nothing prompts SAM with the map, but the [SEG] state's map is there, computed as READ does."""
+    """Without SasP nothing prompts SAM with the map, but in eval mode the [SEG] state's map is there, computed as READ
+    does; training does not compute it."""
     cfg = tiny_config()
-    read_model = tiny_model()
-    lisa = tiny_model("sasp.enabled=false")
+    read_model = tiny_model().eval()
+    lisa = tiny_model("sasp.enabled=false").eval()
     lisa.load_state_dict(read_model.state_dict())
     batch = make_batch([[SEG, 2], [7, SEG, 2]], [0, 0], [(40, 50)], cfg, with_targets=False)
     out_lisa, out_read = lisa(batch), read_model(batch)
@@ -98,6 +99,8 @@ def test_lisa_model_returns_the_similarity_map_without_points_or_gradient():
         assert out_lisa.point_coords[r].shape == (1, 0, 2) and out_lisa.similarity[r].shape == (1, n)
         assert not out_lisa.similarity[r].requires_grad
         torch.testing.assert_close(out_lisa.similarity[r], out_read.similarity[r].detach())
+    out_train = lisa.train()(batch)
+    assert all(out_train.similarity[r].shape == (1, 0) for r in range(2))
 
 
 def test_wrong_number_of_image_tokens_is_a_clear_error():

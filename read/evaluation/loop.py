@@ -111,8 +111,8 @@ def score_teacher_forced(
         pred = (logits[0] > 0).cpu().numpy() if has_mask else None
         gt = batch.gt_masks[r].numpy()[0] if has_mask else None
         extra = {"num_seg": int(logits.shape[0])}
-        record = _record(position, meta, pred, gt, bool(has_mask and pred.any()), extra, out, r, cfg)
-        records.append(_with_pointing(record, model, out, r, gt))
+        pointing = _pointing(model, out, r, gt)
+        records.append(_record(position, meta, pred, gt, bool(has_mask and pred.any()), extra, out, r, cfg, pointing))
     return records, out
 
 
@@ -144,8 +144,8 @@ def score_generation(
             ids = ids[: ids.index(tokenizer.eos_token_id)]
         extra = {"num_seg": int(logits.shape[0]), "text": tokenizer.decode(ids, skip_special_tokens=True)}
         pred_exists = bool(logits.shape[0] > 0 and pred.any())
-        record = _record(position, meta, pred, gt, pred_exists, extra, out, r, cfg)
-        records.append(_with_pointing(record, model, out, r, gt))
+        pointing = _pointing(model, out, r, gt)
+        records.append(_record(position, meta, pred, gt, pred_exists, extra, out, r, cfg, pointing))
     return records, out
 
 
@@ -164,8 +164,10 @@ def _record(
     out: ReadOutput,
     r: int,
     cfg: EvalConfig,
+    pointing: dict[str, Any] | None,
 ) -> QueryRecord:
-    """Check the ground truth of row ``r`` and score it; with ``save_masks`` the mask RLE and points go along."""
+    """Check the ground truth of row ``r`` and score it; with ``save_masks`` the mask RLE and points go along, and
+    the pointing figures (:func:`_pointing`) are kept with the scores."""
     if cfg.save_masks:
         extra["mask_rle"] = rle_encode(pred) if pred is not None else None
         if out.pred_masks[r].shape[0] > 0 and out.point_coords[r].shape[1] > 0:
@@ -185,19 +187,19 @@ def _record(
         pred_exists=pred_exists,
         meta=meta,
         extra=extra,
+        pointing=pointing,
     )
 
 
-def _with_pointing(record: QueryRecord, model: ReadModel, out: ReadOutput, r: int, gt: np.ndarray) -> QueryRecord:
-    """The record with where row ``r``'s first ``[SEG]`` map points (read.evaluation.pointing); rows without a
-    ``[SEG]`` or a ground-truth object keep None."""
+def _pointing(model: ReadModel, out: ReadOutput, r: int, gt: np.ndarray | None) -> dict[str, Any] | None:
+    """Where row ``r``'s first ``[SEG]`` map points (read.evaluation.pointing); None for a row without a ``[SEG]``
+    or a ground-truth object."""
     if out.pred_masks[r].shape[0] == 0 or gt is None or not (gt == 1).any():
-        return record
+        return None
     cfg = model.config
-    record.pointing = query_pointing(
+    return query_pointing(
         out.similarity[r][0], gt, out.point_coords[r][0], out.point_labels[r][0], cfg.sasp, cfg.model.vision.image_size
     )
-    return record
 
 
 def _resume(

@@ -65,7 +65,7 @@ class ReadOutput:
         point_coords: R tensors (k_r, P, 2) SasP points (x, y) in original-image pixels (P = 0 without SasP).
         point_labels: R tensors (k_r, P) point labels in {1, 0, -1}.
         similarity: R tensors (k_r, N) raw similarity maps over the N image tokens (without SasP, the LISA baseline,
-            the same map without gradient: nothing uses it but the pointing metrics and pictures).
+            the same map without gradient in eval mode, for the pointing metrics and pictures; empty in training).
         num_masks: number of ground-truth masks that entered the mask losses.
     """
 
@@ -293,9 +293,9 @@ class ReadModel(nn.Module):
             coords, labels_out, sims = prompts.coords, prompts.labels, prompts.sim
             coords_sam = torch.stack([to_sam_frame(coords[j], seg_original[j], seg_resized[j]) for j in range(k_total)])
             labels = labels_out
-        elif k_total > 0:
-            # LISA: nothing prompts SAM with it, but the [SEG] state has the same similarity map
-            # (read.evaluation.pointing)
+        elif k_total > 0 and not self.training:
+            # LISA: nothing prompts SAM with it, but the [SEG] state has the same similarity map, which evaluation
+            # reports (read.evaluation.pointing); training has no use for it
             with torch.no_grad():
                 image_hidden = image_token_states(hidden, input_ids, self.image_token_id, n)[seg_rows]
                 sims = similarity_map(image_hidden, seg_hidden).float()
